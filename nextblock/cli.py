@@ -1,0 +1,209 @@
+"""The `nextblock` command line: thin argument parsing over the Python API.
+
+    nextblock generate "What is 7*8?" --mode block --block-size 4 --json
+    nextblock chat --mode ar
+    nextblock trace "Write a haiku" --block-size 8 --out steps.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .errors import NextBlockError
+
+
+def _add_model_args(p):
+    p.add_argument("--model", default=None, help="default | HF directory | .gguf file")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model directory's own Python code (off by default)")
+
+
+def _add_decode_args(p):
+    g = p.add_argument_group("decoding (defaults: the model's recommended settings)")
+    g.add_argument("--mode", choices=["ar", "block"])
+    g.add_argument("--block-size", type=int)
+    g.add_argument("--sub-block", type=int)
+    g.add_argument("--threshold", type=float)
+    g.add_argument("--confidence", choices=["prob", "margin", "neg_entropy"])
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+
+
+def _overrides(args) -> dict:
+    names = ["mode", "block_size", "sub_block", "threshold", "confidence", "max_new_tokens",
+             "temperature", "top_p", "top_k", "repetition_penalty", "seed"]
+    kw = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.stop:
+        kw["stop"] = tuple(args.stop)
+    return kw
+
+
+def _load(args):
+    from .loading import load
+
+    return load(args.model, dtype=args.dtype, device=args.device,
+                trust_remote_code=args.trust_remote_code)
+
+
+def _summary(gen) -> str:
+    s = gen.settings
+    mode = "ar" if s.mode == "ar" else (
+        f"block B={s.block_size} sub={s.effective_sub_block} thr={s.threshold}")
+    rate = gen.new_tokens / gen.seconds if gen.seconds > 0 else 0.0
+    return (f"[{mode}] {gen.new_tokens} tokens, {gen.forwards} forwards, "
+            f"{gen.tokens_per_forward:.2f} tokens/forward, {rate:.1f} tokens/s")
+
+
+def _record(lm, gen, i) -> dict:
+    c = gen.completions[i]
+    return {
+        "text": c.text, "tokens": c.tokens, "new_tokens": len(c.tokens),
+        "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason,
+        "forwards": gen.forwards, "seconds": round(gen.seconds, 4),
+        "tokens_per_forward": round(gen.tokens_per_forward, 4),
+        "mode": gen.settings.mode, "mask_token_id": lm.config.mask_token_id,
+        "settings": dataclasses.asdict(gen.settings), "model": lm.name,
+    }
+
+
+def cmd_generate(args) -> int:
+    lm = _load(args)
+    chat = False if args.no_chat else None
+    kw = _overrides(args)
+    prompts = args.prompt
+    one = prompts[0] if len(prompts) == 1 else prompts
+    if args.show_steps:
+        from .viz.live import LiveView, render_steps
+
+        if sys.stdout.isatty():
+            with LiveView(lm.tokenizer) as view:
+                gen = lm.generate(one, chat=chat, on_event=view, trace=True, **kw)
+        else:
+            gen = lm.generate(one, chat=chat, trace=True, **kw)
+            for line in render_steps(gen.trace, lm.tokenizer):
+                print(line)
+    elif not args.json and len(prompts) == 1:  # stream the text as blocks commit
+        import time
+
+        from .decoding.loop import Emit
+        from .lm import Completion, Generation
+
+        s = lm.settings(**kw)  # validate before printing anything
+        seen = {"forwards": 0, "tokens": [], "why": "length"}
+
+        def count(ev):
+            if isinstance(ev, Emit):
+                seen["tokens"] += ev.tokens.get(0, [])
+                seen["why"] = ev.finished.get(0, seen["why"])
+            else:
+                seen["forwards"] += 1
+
+        t0 = time.perf_counter()
+        for piece in lm.stream(prompts[0], chat=chat, on_event=count, **kw):
+            print(piece, end="", flush=True)
+        print()
+        done = Completion("", seen["tokens"], seen["why"], 0)
+        gen = Generation([done], s, seen["forwards"], time.perf_counter() - t0)
+        print(_summary(gen), file=sys.stderr)
+        return 0
+    else:
+        gen = lm.generate(one, chat=chat, **kw)
+    if args.json:
+        for i in range(len(gen.completions)):
+            print(json.dumps(_record(lm, gen, i), ensure_ascii=False))
+    else:
+        for c in gen.completions:
+            print(c.text)
+        print(_summary(gen), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    lm = _load(args)
+    kw = _overrides(args)
+    lm.settings(**kw)
+    messages = []
+    print("nextblock chat: /reset clears the history, /exit or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            messages = []
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = []
+        for piece in lm.stream(messages, **kw):
+            reply.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_trace(args) -> int:
+    from .viz.html import write_html
+
+    lm = _load(args)
+    gen = lm.generate(args.prompt, chat=False if args.no_chat else None, trace=True,
+                      **_overrides(args))
+    write_html(gen, lm.tokenizer, args.out)
+    print(f"wrote {args.out}: {gen.forwards} steps, {gen.new_tokens} tokens", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nextblock", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="generate text for one or more prompts")
+    p.add_argument("prompt", nargs="+")
+    _add_model_args(p)
+    _add_decode_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    p.add_argument("--show-steps", action="store_true", help="draw the denoising steps")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive chat")
+    _add_model_args(p)
+    _add_decode_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("trace", help="write an HTML replay of the denoising steps")
+    p.add_argument("prompt")
+    p.add_argument("--out", default="steps.html")
+    _add_model_args(p)
+    _add_decode_args(p)
+    p.set_defaults(func=cmd_trace)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NextBlockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

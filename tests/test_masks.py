@@ -1,0 +1,107 @@
+"""The mask module against brute-force definitions written from the design's table."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nextblock import masks
+
+
+def brute_training(L, b, n=None):
+    """Section 2 table, one (query, key) pair at a time. n: real tokens per half."""
+    n = L if n is None else n
+    m = torch.zeros(2 * L, 2 * L, dtype=torch.bool)
+    for q in range(2 * L):
+        for k in range(2 * L):
+            q_noisy, k_noisy = q < L, k < L
+            qi, ki = (q if q_noisy else q - L), (k if k_noisy else k - L)
+            if q_noisy and k_noisy:
+                ok = qi // b == ki // b  # own block, bidirectional
+            elif q_noisy:
+                ok = ki // b < qi // b  # clean tokens of earlier blocks
+            elif k_noisy:
+                ok = False  # clean never sees noisy
+            else:
+                ok = ki <= qi  # clean half is a plain causal LM
+            if ki >= n:
+                ok = False  # padding key
+            if qi >= n:
+                ok = q == k  # padding query sees only itself
+            m[q, k] = ok
+    return m
+
+
+def brute_decode(valid, start, T, causal):
+    B = len(valid)
+    m = torch.zeros(B, 1, T, start + T, dtype=torch.bool)
+    for r in range(B):
+        for q in range(T):
+            qa = start + q
+            for k in range(start + T):
+                ok = (k < start) or (k <= qa if causal else True)
+                ok = (ok and bool(valid[r][k])) or k == qa
+                m[r, 0, q, k] = ok
+    return m
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_training_mask_matches_table(seed):
+    rng = random.Random(seed)
+    L, b = rng.randint(1, 17), rng.randint(1, 9)
+    lengths = torch.tensor([rng.randint(1, L) for _ in range(3)])
+    full = masks.training_mask(L, b)
+    assert torch.equal(full[0, 0], brute_training(L, b))
+    padded = masks.training_mask(L, b, lengths)
+    for r, n in enumerate(lengths.tolist()):
+        assert torch.equal(padded[r, 0], brute_training(L, b, n))
+
+
+def test_training_mask_block_one_is_causal_on_both_halves():
+    L = 6
+    m = masks.training_mask(L, 1)[0, 0]
+    # b=1: a noisy token sees no noisy token but itself and the clean tokens before it
+    assert torch.equal(m[:L, :L], torch.eye(L, dtype=torch.bool))
+    assert torch.equal(m[:L, L:], torch.ones(L, L, dtype=torch.bool).tril(-1))
+    assert torch.equal(m[L:, L:], torch.ones(L, L, dtype=torch.bool).tril())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decode_masks_match_definition(seed):
+    rng = random.Random(100 + seed)
+    B, start, T = rng.randint(1, 3), rng.randint(0, 12), rng.randint(1, 8)
+    pads = [rng.randint(0, start) for _ in range(B)]
+    valid = torch.tensor([[k >= p for k in range(start + T)] for p in pads])
+    for causal in (True, False):
+        got = masks.decode_mask(valid, start, T, causal)
+        assert torch.equal(got, brute_decode(valid.tolist(), start, T, causal))
+
+
+def test_denoise_mask_of_block_equals_training_noisy_rows():
+    """The training rule for noisy block k == the inference denoise rule for that block with
+    the clean prefix in the cache (the keys mapped clean-prefix -> cache, own block -> chunk)."""
+    L, b = 12, 4
+    train = masks.training_mask(L, b)[0, 0]
+    for k in range(L // b):
+        start = k * b
+        rows = train[start:start + b]
+        seen = torch.cat([rows[:, L:L + start], rows[:, start:start + b]], dim=1)
+        denoise = masks.decode_mask(torch.ones(1, start + b, dtype=torch.bool), start, b, False)
+        assert torch.equal(seen, denoise[0, 0])
+        assert rows.sum() == b * (start + b)  # and nothing else
+
+
+@pytest.mark.parametrize("L,b", [(64, 8), (96, 32), (40, 5)])
+def test_block_sparse_form_gives_same_attention(L, b):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([L, L - 7])
+    mod = masks.training_mask_mod(L, b, lengths)
+    q, k, v = (torch.randn(2, 2, 2 * L, 16) for _ in range(3))
+    dense = masks.dense(mod, 2, 2 * L, 2 * L)
+    block = masks.block_sparse(mod, 2, 2 * L, 2 * L, block=32)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    got = flex_attention(q, k, v, block_mask=block)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
