@@ -52,7 +52,7 @@ class DecodeSettings:
     @property
     def effective_sub_block(self) -> int:
         b = self.effective_block_size
-        return b if self.sub_block is None else self.sub_block
+        return b if self.sub_block is None else min(b, self.sub_block)
 
     @property
     def greedy(self) -> bool:
@@ -76,7 +76,7 @@ class DecodeSettings:
         if self.sub_block is not None:
             if not _is_int(self.sub_block) or self.sub_block < 1:
                 bad("sub_block", "must be an integer >= 1")
-            if self.mode == "block" and self.block_size % self.sub_block:
+            if self.block_size % self.sub_block:
                 bad("sub_block", f"must divide block_size={self.block_size}")
         if not _is_num(self.threshold) or math.isnan(self.threshold):
             bad("threshold", "must be a number")

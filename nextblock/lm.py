@@ -91,9 +91,10 @@ class NextBlockModel:
     def _prepare(self, prompts, chat, settings, overrides):
         single = isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
+        if not single and not (isinstance(prompts, (list, tuple)) and prompts):
+            raise InputError("prompts: expected a string, a list of messages, or a non-empty "
+                             "list of those")
         batch = [prompts] if single else list(prompts)
-        if not batch:
-            raise InputError("no prompts given")
         ids = [self.encode(p, chat) for p in batch]
         s = self.settings(settings, **overrides)
         kw = dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,

@@ -56,3 +56,12 @@ def word_tokenizer(words=None, chat=True):
         tok.chat_template = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} "
                              "{% endfor %}{% if add_generation_prompt %}assistant{% endif %}")
     return tok
+
+
+def save_tiny(path, family="llama", words=None, **overrides):
+    """A tiny model + word tokenizer saved as a Hugging Face directory (safetensors)."""
+    model = tiny_model(family, **overrides)
+    tok = word_tokenizer(words)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path

@@ -1,0 +1,75 @@
+"""The CLI on a tiny saved model: JSON output, batches, errors as one line, trace page."""
+
+import json
+
+import pytest
+
+from nextblock.cli import main
+from tests.helpers import save_tiny
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(save_tiny(tmp_path_factory.mktemp("cli") / "tiny"))
+
+
+def test_generate_json_for_a_batch(model_dir, capsys):
+    rc = main(["generate", "w1 w2", "w3 w4 w5 w6", "--model", model_dir, "--json", "--no-chat",
+               "--mode", "block", "--block-size", "4", "--max-new-tokens", "10"])
+    assert rc == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2
+    assert [r["prompt_tokens"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["new_tokens"] == len(r["tokens"]) <= 10
+        assert r["mode"] == "block" and r["settings"]["block_size"] == 4
+        assert r["mask_token_id"] == 92 and r["forwards"] >= 3
+
+
+def test_generate_streams_plain_text(model_dir, capsys):
+    rc = main(["generate", "w1 w2", "--model", model_dir, "--no-chat", "--mode", "ar",
+               "--max-new-tokens", "6"])
+    captured = capsys.readouterr()
+    assert rc == 0 and len(captured.out.split()) >= 1
+    assert "6 forwards" in captured.err or "tokens/forward" in captured.err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--block-size", "0"], "invalid block_size=0"),
+    (["--temperature", "-1"], "invalid temperature=-1.0"),
+    (["--top-p", "1.5"], "invalid top_p=1.5"),
+    (["--block-size", "8", "--sub-block", "3"], "invalid sub_block=3: must divide"),
+    (["--model", "/no/such/dir"], "model not found"),
+])
+def test_errors_are_one_clear_line(model_dir, capsys, argv, message):
+    args = ["generate", "w1", "--no-chat"] + (argv if "--model" in argv
+                                              else ["--model", model_dir] + argv)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_empty_prompt_is_an_error(model_dir, capsys):
+    assert main(["generate", " ", "--model", model_dir]) == 2
+    assert "empty prompt" in capsys.readouterr().err
+
+
+def test_show_steps_prints_one_line_per_forward(model_dir, capsys):
+    rc = main(["generate", "w1 w2", "--model", model_dir, "--no-chat", "--mode", "block",
+               "--block-size", "4", "--threshold", "1.0", "--max-new-tokens", "8",
+               "--show-steps", "--json"])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    record = json.loads(lines[-1])
+    steps = [ln for ln in lines[:-1] if ln.strip()]
+    assert len(steps) == record["forwards"] >= 2  # one line per forward pass
+    assert "prefill" in steps[0] and "denoise" in steps[1]
+
+
+def test_trace_writes_a_replay_page(model_dir, tmp_path, capsys):
+    out = tmp_path / "steps.html"
+    rc = main(["trace", "w1 w2", "--model", model_dir, "--no-chat", "--block-size", "4",
+               "--mode", "block", "--max-new-tokens", "8", "--out", str(out)])
+    assert rc == 0
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "nb-data" in page

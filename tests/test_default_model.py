@@ -1,0 +1,49 @@
+"""End-to-end checks on the real embedded default model (SmolLM2-135M-Instruct), float32."""
+
+import json
+
+import pytest
+import torch
+
+from nextblock.cli import main
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["What is 2+3?", "Name a fruit that is yellow.",
+           "Write one sentence about the sea.", "def fibonacci(n):"]
+
+
+def test_ar_mode_equals_transformers_generate(default_lm):
+    lm = default_lm
+    for prompt in PROMPTS:
+        ids = lm.encode(prompt)
+        x = torch.tensor([ids])
+        ref = lm.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=24,
+                                do_sample=False, suppress_tokens=[lm.config.mask_token_id],
+                                pad_token_id=lm.tokenizer.pad_token_id)[0, len(ids):].tolist()
+        got = lm.generate(prompt, mode="ar", max_new_tokens=24)
+        assert got.tokens == ref, prompt
+        assert got.forwards == len(got.tokens)
+
+
+def test_batch_equals_single_on_default_model(default_lm):
+    kw = dict(mode="block", block_size=4, threshold=0.7, max_new_tokens=12)
+    batch = default_lm.generate(PROMPTS[:3], **kw)
+    for prompt, c in zip(PROMPTS[:3], batch.completions):
+        assert c.tokens == default_lm.generate(prompt, **kw).tokens
+
+
+def test_cli_generate_json(default_lm, capsys):
+    rc = main(["generate", "What is 2+3?", "--mode", "block", "--block-size", "4",
+               "--max-new-tokens", "12", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("text", "tokens", "new_tokens", "forwards", "seconds", "mode", "mask_token_id",
+                "settings"):
+        assert key in out
+    assert out["mode"] == "block" and out["settings"]["block_size"] == 4
+    assert out["new_tokens"] == len(out["tokens"]) <= 12
+    assert out["mask_token_id"] == default_lm.config.mask_token_id
+    assert out["text"] == default_lm.tokenizer.decode(out["tokens"], skip_special_tokens=True)
+    assert out["tokens"] == default_lm.generate("What is 2+3?", mode="block", block_size=4,
+                                                max_new_tokens=12).tokens

@@ -1,0 +1,79 @@
+"""The terminal view: LiveView as an on_event callback, and render_steps."""
+
+import io
+import re
+
+from rich.console import Console
+
+from nextblock.viz import LiveView, render_steps
+from nextblock.viz.live import STYLE_NEW, STYLE_OLD
+from nextblock.viz.replay import MASK, Pieces
+
+from .conftest import expected_masks
+
+
+def console():
+    return Console(file=io.StringIO(), force_terminal=True, width=100)
+
+
+def plain(c):
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", c.file.getvalue())
+
+
+def test_live_block_mode_shows_masks_and_final_text(generate, tok):
+    c = console()
+    events = []
+    with LiveView(tok, console=c) as view:
+        out = generate("block", on_event=lambda ev: (events.append(ev), view(ev)))
+    text = plain(c)
+    assert MASK in text
+    assert out.text.strip() and out.text.strip() in text
+    assert f"{out.forwards} forwards" in text and "done (length)" in text
+    assert view.state.committed == out.tokens and view.state.cells == []
+    assert len(events) > out.forwards  # steps and emits both arrived
+
+
+def test_live_ar_mode_has_no_masks(generate, tok):
+    c = console()
+    with LiveView(tok, console=c, delay=0.001) as view:
+        out = generate("ar", on_event=view)
+    text = plain(c)
+    assert MASK not in text
+    assert out.text.strip() in text
+    assert view.state.steps == out.forwards == len(out.tokens)
+
+
+def test_live_stop_token_cuts_text(generate, tok):
+    first = generate("block", block_size=4, max_new_tokens=12).tokens
+    stop = first[5]  # inside the second block
+    c = console()
+    with LiveView(tok, console=c) as view:
+        out = generate("block", stop_token_ids=[stop], on_event=view)
+    assert out.completions[0].finish_reason == "stop"
+    assert view.state.committed == out.tokens == first[:first.index(stop) + 1]
+    assert "done (stop)" in plain(c)
+
+
+def test_render_steps_one_line_per_step_with_masks_and_highlights(generate, tok):
+    out = generate("block", block_size=4, max_new_tokens=12)
+    lines = render_steps(out.trace, tok)
+    assert len(lines) == len(out.trace)
+    for line, st, masks in zip(lines, out.trace, expected_masks(out.trace)):
+        assert line.plain.count(MASK) == masks
+        assert st.kind in line.plain
+        new = [line.plain[s.start:s.end] for s in line.spans if s.style == STYLE_NEW]
+        assert new == [Pieces(tok)(t) for _, t in sorted(st.filled[0])]
+        old = [s for s in line.spans if s.style == STYLE_OLD]
+        assert len(new) + len(old) + masks == st.size
+
+
+def test_render_steps_ar_never_masks(generate, tok):
+    out = generate("ar", max_new_tokens=6)
+    lines = render_steps(out.trace, tok)
+    assert [ln.plain.count(MASK) for ln in lines] == [0] * 6
+    assert all(Pieces(tok)(st.filled[0][0][1]) in ln.plain for ln, st in zip(lines, out.trace))
+
+
+def test_pieces_show_whitespace(tok):
+    p = Pieces(tok)
+    assert p(5) == "↵" and p(6) == "·x→" and p(7) == "t7·"
