@@ -73,3 +73,22 @@ def test_trace_writes_a_replay_page(model_dir, tmp_path, capsys):
     assert rc == 0
     page = out.read_text()
     assert page.startswith("<!DOCTYPE html>") and "nb-data" in page
+
+
+def test_chat_keeps_the_history(model_dir, capsys, monkeypatch):
+    import io
+
+    import nextblock
+
+    seen = []
+    real = nextblock.NextBlockModel.stream
+
+    def spy(self, prompt, **kw):
+        seen.append([m["content"] for m in prompt])
+        return real(self, prompt, **kw)
+
+    monkeypatch.setattr(nextblock.NextBlockModel, "stream", spy)
+    monkeypatch.setattr("sys.stdin", io.StringIO("w1 w2\nw3\n/reset\nw4\n/exit\n"))
+    assert main(["chat", "--model", model_dir, "--mode", "ar", "--max-new-tokens", "4"]) == 0
+    assert [len(s) for s in seen] == [1, 3, 1]  # user; user, assistant, user; reset -> user
+    assert seen[1][0] == "w1 w2" and seen[1][2] == "w3" and seen[2] == ["w4"]

@@ -1,0 +1,1 @@
+"""Adaptation: the training objective over [noisy | clean] and the block-size curriculum."""
