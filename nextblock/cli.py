@@ -83,10 +83,12 @@ def cmd_generate(args) -> int:
     kw = _overrides(args)
     prompts = args.prompt
     one = prompts[0] if len(prompts) == 1 else prompts
+    shown = False  # the live view already drew the final text
     if args.show_steps:
         from .viz.live import LiveView, render_steps
 
         if sys.stdout.isatty():
+            shown = True
             with LiveView(lm.tokenizer) as view:
                 gen = lm.generate(one, chat=chat, on_event=view, trace=True, **kw)
         else:
@@ -123,8 +125,9 @@ def cmd_generate(args) -> int:
         for i in range(len(gen.completions)):
             print(json.dumps(_record(lm, gen, i), ensure_ascii=False))
     else:
-        for c in gen.completions:
-            print(c.text)
+        if not shown:
+            for c in gen.completions:
+                print(c.text)
         print(_summary(gen), file=sys.stderr)
     return 0
 

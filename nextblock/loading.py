@@ -81,8 +81,12 @@ def gguf_to_hf(path: Path) -> Path:
     target = cache_dir() / "gguf" / f"{path.stem}-{key[:12]}"
     if (target / "config.json").exists():
         return target
+    import sys
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    print(f"nextblock: dequantising {path.name} once into {target} (about 30 s)",
+          file=sys.stderr)
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
