@@ -171,6 +171,44 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from .training.trainer import AdaptConfig, adapt
+
+    names = ["data", "out", "model", "field", "seq_len", "batch_size", "grad_accum", "steps",
+             "lr", "warmup", "schedule", "lora_r", "lora_alpha", "block_start", "block_max",
+             "block_growth_end", "ar_weight", "mask_schedule", "precision", "seed",
+             "save_every"]
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    for flag in ("inverse_t_weight", "complementary", "grad_checkpointing"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    cfg = (AdaptConfig.from_file(args.config, **overrides) if args.config
+           else AdaptConfig(**overrides))
+    records = adapt(cfg, resume=args.resume)
+    if records:
+        last = records[-1]
+        print(f"done: step {last['step']}, block size {last['block_size']}, "
+              f"masked-token accuracy {last['masked_acc']:.3f}; metrics in "
+              f"{cfg.out}/metrics.jsonl, plot in {cfg.out}/loss.png", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .loading import DTYPES
+    from .training.export import export
+
+    out = export(args.model, args.out, adapter=args.adapter, dtype=DTYPES[args.dtype])
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .training.trainer import plot_metrics
+
+    print(plot_metrics(args.run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextblock", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +232,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_decode_args(p)
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("adapt", help="continued training into a block-diffusion model")
+    p.add_argument("--config", help="JSON file of AdaptConfig settings (flags override it)")
+    p.add_argument("--data", action="append", help="PATH[:WEIGHT] (repeatable)")
+    p.add_argument("--out")
+    p.add_argument("--model")
+    p.add_argument("--field", help="record field (default: messages if present, else text)")
+    for name, typ in [("seq-len", int), ("batch-size", int), ("grad-accum", int),
+                      ("steps", int), ("lr", float), ("warmup", int), ("lora-r", int),
+                      ("lora-alpha", int), ("block-start", int), ("block-max", int),
+                      ("block-growth-end", float), ("ar-weight", float), ("seed", int),
+                      ("save-every", int)]:
+        p.add_argument(f"--{name}", type=typ)
+    p.add_argument("--schedule", choices=["cosine", "wsd"])
+    p.add_argument("--mask-schedule", choices=["block", "sequence"])
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--inverse-t-weight", action="store_true")
+    p.add_argument("--complementary", action="store_true")
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("export", help="write a trained run as a loadable model")
+    p.add_argument("--model", required=True, help="run directory or checkpoint directory")
+    p.add_argument("--out", required=True)
+    p.add_argument("--adapter", action="store_true", help="LoRA adapter + mask embedding only")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="plot a run's metrics.jsonl to loss.png")
+    p.add_argument("run")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -51,13 +51,24 @@ def default_gguf() -> Path:
     return path
 
 
+def default_adapter() -> Path | None:
+    """The adapted default (a LoRA adapter over default-base) shipped in the package."""
+    path = Path(__file__).parent / "assets" / "default"
+    return path if (path / "adapter_config.json").exists() else None
+
+
 def resolve(spec: str | os.PathLike | None) -> Path:
-    """Turn a model spec into a local HF directory or .gguf file path."""
+    """Turn a model spec into a local HF directory, adapter directory or .gguf file path.
+    `default`: the adapted default if shipped, else `default-base`, the plain
+    SmolLM2-135M-Instruct GGUF."""
     if spec is None or str(spec) == "default":
+        return default_adapter() or default_gguf()
+    if str(spec) == "default-base":
         return default_gguf()
     path = Path(spec).expanduser()
     if path.exists():
-        if path.is_dir() and not (path / "config.json").exists():
+        if path.is_dir() and not ((path / "config.json").exists()
+                                  or (path / "adapter_config.json").exists()):
             ggufs = sorted(path.glob("*.gguf"))
             if len(ggufs) == 1:
                 return ggufs[0]
@@ -180,6 +191,16 @@ def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "f
         dtype = DTYPES[dtype]
     source = resolve(spec)
     name = "default" if spec in (None, "default") else str(spec)
+    if source.is_dir() and (source / "adapter_config.json").exists():
+        from .training.export import apply_adapter
+
+        base = BlockConfig.load(source).base_model
+        if base in (None, "default") or Path(str(base)).resolve() == source.resolve():
+            base = "default-base"
+        lm = load(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        apply_adapter(lm, source)
+        lm.name = name
+        return lm
     if source.suffix == ".gguf":
         source = gguf_to_hf(source)
     check_directory(source)

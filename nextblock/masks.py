@@ -25,15 +25,21 @@ import torch
 MaskMod = "Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]"
 
 
-def training_mask_mod(seq_len: int, block_size: int, lengths: torch.Tensor | None = None):
+def training_mask_mod(seq_len: int, block_size: int, lengths: torch.Tensor | None = None,
+                      offsets: torch.Tensor | None = None):
     """Rule for the [noisy | clean] training layout; `lengths[b]` real tokens per half
-    (right padding), None when every row is full."""
+    (right padding), None when every row is full; `offsets[b]` where row b's block grid
+    starts (SFT: the response start, so blocks line up with inference), default 0."""
     L, bs = seq_len, block_size
 
     def mask_mod(b, h, q, kv):
         q_noisy, kv_noisy = q < L, kv < L
         qp, kp = q % L, kv % L  # position inside its half
-        qb, kb = qp // bs, kp // bs
+        if offsets is None:
+            qb, kb = qp // bs, kp // bs
+        else:  # floor division: positions before the offset get negative block ids
+            qb = torch.div(qp - offsets[b], bs, rounding_mode="floor")
+            kb = torch.div(kp - offsets[b], bs, rounding_mode="floor")
         allowed = (
             (q_noisy & kv_noisy & (qb == kb))
             | (q_noisy & ~kv_noisy & (kb < qb))
@@ -80,11 +86,13 @@ def block_sparse(mask_mod, batch: int, q_len: int, kv_len: int, device=None, blo
 
 
 def training_mask(seq_len: int, block_size: int, lengths: torch.Tensor | None = None,
-                  batch: int = 1, device=None) -> torch.Tensor:
+                  batch: int = 1, device=None, offsets: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Dense [batch, 1, 2L, 2L] training mask."""
-    if lengths is not None:
-        batch = lengths.shape[0]
-    mod = training_mask_mod(seq_len, block_size, lengths)
+    for t in (lengths, offsets):
+        if t is not None:
+            batch = t.shape[0]
+    mod = training_mask_mod(seq_len, block_size, lengths, offsets)
     return dense(mod, batch, 2 * seq_len, 2 * seq_len, device)
 
 

@@ -53,8 +53,9 @@ def _attention(attn, x, cos, sin, mask, cache: KVCache | None, layer: int):
 
 def forward(model, input_ids: torch.Tensor, positions: torch.Tensor, mask,
             cache: KVCache | None = None, logits_from: int = 0,
-            checkpoint: bool = False) -> torch.Tensor:
-    """Logits for positions [logits_from, T) of `input_ids` [B, T].
+            checkpoint: bool = False, hidden: bool = False) -> torch.Tensor:
+    """Logits for positions [logits_from, T) of `input_ids` [B, T] (with hidden=True the
+    final-normed hidden states instead, for callers that need logits at a few positions).
 
     positions: [B, T] RoPE position ids; mask: bool [B, 1, T, K] (True = attend) or a
     BlockMask, where K = cache.length + T with a cache, else T. With a cache the chunk's
@@ -70,7 +71,7 @@ def forward(model, input_ids: torch.Tensor, positions: torch.Tensor, mask,
         else:
             h = _layer(layer, h, cos, sin, mask, cache, i)
     h = dec.norm(h[:, logits_from:])
-    return lm_head(model)(h)
+    return h if hidden else lm_head(model)(h)
 
 
 def _layer(layer, h, cos, sin, mask, cache, i):

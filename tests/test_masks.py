@@ -9,18 +9,20 @@ import torch.nn.functional as F
 from nextblock import masks
 
 
-def brute_training(L, b, n=None):
-    """Section 2 table, one (query, key) pair at a time. n: real tokens per half."""
+def brute_training(L, b, n=None, off=0):
+    """Section 2 table, one (query, key) pair at a time. n: real tokens per half; off: where
+    the block grid starts (blocks before it counted backwards from it)."""
     n = L if n is None else n
+    blk = lambda i: (i - off) // b  # Python floor division
     m = torch.zeros(2 * L, 2 * L, dtype=torch.bool)
     for q in range(2 * L):
         for k in range(2 * L):
             q_noisy, k_noisy = q < L, k < L
             qi, ki = (q if q_noisy else q - L), (k if k_noisy else k - L)
             if q_noisy and k_noisy:
-                ok = qi // b == ki // b  # own block, bidirectional
+                ok = blk(qi) == blk(ki)  # own block, bidirectional
             elif q_noisy:
-                ok = ki // b < qi // b  # clean tokens of earlier blocks
+                ok = blk(ki) < blk(qi)  # clean tokens of earlier blocks
             elif k_noisy:
                 ok = False  # clean never sees noisy
             else:
@@ -56,6 +58,10 @@ def test_training_mask_matches_table(seed):
     padded = masks.training_mask(L, b, lengths)
     for r, n in enumerate(lengths.tolist()):
         assert torch.equal(padded[r, 0], brute_training(L, b, n))
+    offsets = torch.tensor([rng.randint(0, L - 1) for _ in range(3)])
+    shifted = masks.training_mask(L, b, lengths, offsets=offsets)
+    for r, (n, off) in enumerate(zip(lengths.tolist(), offsets.tolist())):
+        assert torch.equal(shifted[r, 0], brute_training(L, b, n, off))
 
 
 def test_training_mask_block_one_is_causal_on_both_halves():

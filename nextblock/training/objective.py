@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .. import masks
 from ..errors import ConfigError
-from ..modeling import forward
+from ..modeling import forward, lm_head
 
 
 @dataclass
@@ -52,14 +52,17 @@ class NoisyBatch:
     loss_mask: torch.Tensor  # [B, L] bool: tokens that are targets (SFT: the responses)
     block_size: int
     ar_rows: torch.Tensor  # [B] bool: rows whose clean half counts for L_AR
+    offsets: torch.Tensor | None = None  # [B] start of each row's block grid
 
 
 def noise(clean: torch.Tensor, block_size: int, mask_token_id: int,
           settings: ObjectiveSettings | None = None, lengths: torch.Tensor | None = None,
-          loss_mask: torch.Tensor | None = None, generator: torch.Generator | None = None
-          ) -> NoisyBatch:
+          loss_mask: torch.Tensor | None = None, generator=None,
+          offsets: torch.Tensor | None = None, draw_len: int | None = None) -> NoisyBatch:
     """Mask each non-anchor target token with probability t, t ~ U(min_t, 1) per block or
-    per sequence."""
+    per sequence. `offsets[b]`: where row b's block grid starts (its response, for SFT).
+    `generator`: one for the batch, or a list with one per row; with a list each row draws
+    `draw_len` (>= L) values, so its noise does not depend on the batch it is in."""
     s = settings or ObjectiveSettings()
     B, L = clean.shape
     if block_size < 1 or block_size > L:
@@ -69,72 +72,120 @@ def noise(clean: torch.Tensor, block_size: int, mask_token_id: int,
     pos = torch.arange(L, device=dev)
     valid = pos[None, :] < lengths[:, None]
     loss_mask = valid if loss_mask is None else (loss_mask & valid)
-    n_t = (L + block_size - 1) // block_size if s.mask_schedule == "block" else 1
-    u = torch.rand(B, n_t, generator=generator).to(dev)
+    rel = pos[None, :] - (0 if offsets is None else offsets[:, None])  # position in the grid
+    per_row = isinstance(generator, (list, tuple))
+    n = max(L, draw_len or 0) if per_row else L
+    n_t = (n + block_size - 1) // block_size + 1 if s.mask_schedule == "block" else 1
+
+    def rand(k):
+        if per_row:
+            return torch.stack([torch.rand(k, generator=g) for g in generator]).to(dev)
+        return torch.rand(B, k, generator=generator).to(dev)
+
+    u = rand(n_t)
     t = s.min_t + (1 - s.min_t) * u
-    t = t.repeat_interleave(block_size, dim=1)[:, :L] if n_t > 1 else t.expand(B, L)
-    eligible = loss_mask & (pos % block_size != 0)[None, :]
-    draw = torch.rand(B, L, generator=generator).to(dev)
+    if n_t > 1:  # one t per block of the grid
+        blk = torch.div(rel, block_size, rounding_mode="floor").clamp(min=-1) + 1
+        t = t.gather(1, blk.clamp(max=n_t - 1).expand(B, L))
+    else:
+        t = t.expand(B, L)
+    eligible = loss_mask & (rel % block_size != 0)
+    draw = rand(n)[:, :L]
     masked = eligible & (draw < t)
     ar_rows = torch.ones(B, dtype=torch.bool, device=dev)
     if s.complementary and block_size > 1:
         masked = torch.cat([masked, eligible & ~masked])
         clean, t, lengths, loss_mask = (torch.cat([x, x]) for x in (clean, t, lengths, loss_mask))
+        offsets = None if offsets is None else torch.cat([offsets, offsets])
         ar_rows = torch.cat([ar_rows, torch.zeros_like(ar_rows)])
     noisy = torch.where(masked, torch.full_like(clean, mask_token_id), clean)
-    return NoisyBatch(clean, noisy, masked, t, lengths, loss_mask, block_size, ar_rows)
+    return NoisyBatch(clean, noisy, masked, t, lengths, loss_mask, block_size, ar_rows, offsets)
 
 
 @dataclass
 class ObjectiveOutput:
-    loss: torch.Tensor
-    mdm_loss: torch.Tensor
-    ar_loss: torch.Tensor
-    masked_accuracy: torch.Tensor
+    """Sums and counts, so a trainer can normalise by the tokens of the whole global batch
+    (several processes, accumulation); `loss` normalises by this batch's own counts."""
+
+    mdm_sum: torch.Tensor
     n_masked: int
+    ar_sum: torch.Tensor
+    n_ar: int
+    n_correct: int
+    ar_weight: float = 0.5
+    inverse_t: bool = False
+
+    def total(self, n_masked: int | None = None, n_ar: int | None = None) -> torch.Tensor:
+        nm = max(1, self.n_masked if n_masked is None else n_masked)
+        na = max(1, self.n_ar if n_ar is None else n_ar)
+        return self.mdm_sum / nm + self.ar_weight * self.ar_sum / na
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.total()
+
+    @property
+    def mdm_loss(self) -> torch.Tensor:
+        return self.mdm_sum.detach() / max(1, self.n_masked)
+
+    @property
+    def ar_loss(self) -> torch.Tensor:
+        return self.ar_sum.detach() / max(1, self.n_ar)
+
+    @property
+    def masked_accuracy(self) -> float:
+        return self.n_correct / max(1, self.n_masked)
 
     @property
     def metrics(self) -> dict:
-        return {"loss": self.loss.item(), "mdm_loss": float(self.mdm_loss),
-                "ar_loss": float(self.ar_loss), "masked_acc": float(self.masked_accuracy),
+        return {"loss": self.loss.item(), "mdm_loss": self.mdm_loss.item(),
+                "ar_loss": self.ar_loss.item(), "masked_acc": self.masked_accuracy,
                 "n_masked": self.n_masked}
 
 
-def training_logits(model, batch: NoisyBatch, checkpoint: bool = False):
-    """(noisy-half logits or None, clean-half logits), each [B, L, V], in one forward."""
+def training_hidden(model, batch: NoisyBatch, checkpoint: bool = False):
+    """(noisy-half or None, clean-half) final hidden states [B, L, H], in one forward."""
     B, L = batch.clean.shape
     pos = torch.arange(L, device=batch.clean.device).expand(B, L)
     full = bool((batch.lengths == L).all())
     if batch.block_size == 1:  # nothing is masked: only the clean, causal half matters
         mask = masks.decode_mask(pos < batch.lengths[:, None], 0, L, causal=True)
-        return None, forward(model, batch.clean, pos, mask, checkpoint=checkpoint)
+        return None, forward(model, batch.clean, pos, mask, checkpoint=checkpoint, hidden=True)
     mask = masks.training_mask(L, batch.block_size, None if full else batch.lengths, batch=B,
-                               device=batch.clean.device)
+                               device=batch.clean.device, offsets=batch.offsets)
     ids = torch.cat([batch.noisy, batch.clean], dim=1)
-    logits = forward(model, ids, torch.cat([pos, pos], dim=1), mask, checkpoint=checkpoint)
-    return logits[:, :L], logits[:, L:]
+    h = forward(model, ids, torch.cat([pos, pos], dim=1), mask, checkpoint=checkpoint,
+                hidden=True)
+    return h[:, :L], h[:, L:]
+
+
+def training_logits(model, batch: NoisyBatch, checkpoint: bool = False):
+    """(noisy-half logits or None, clean-half logits), each [B, L, V]."""
+    noisy, clean = training_hidden(model, batch, checkpoint)
+    head = lm_head(model)
+    return (None if noisy is None else head(noisy)), head(clean)
 
 
 def objective(model, batch: NoisyBatch, settings: ObjectiveSettings | None = None,
               checkpoint: bool = False) -> ObjectiveOutput:
     s = settings or ObjectiveSettings()
-    noisy_logits, clean_logits = training_logits(model, batch, checkpoint)
+    noisy, clean = training_hidden(model, batch, checkpoint)
+    head = lm_head(model)  # applied only where a loss is taken: the vocabulary is large
     target = batch.clean[:, 1:]
 
     ar_sel = batch.loss_mask[:, 1:] & batch.ar_rows[:, None]
-    ar = F.cross_entropy(clean_logits[:, :-1][ar_sel].float(), target[ar_sel]) \
-        if ar_sel.any() else clean_logits.sum() * 0.0
-
+    ar_sum = F.cross_entropy(head(clean[:, :-1][ar_sel]).float(), target[ar_sel],
+                             reduction="sum")
     sel = batch.masked[:, 1:]
     n_masked = int(sel.sum())
-    if noisy_logits is None or n_masked == 0:
-        zero = clean_logits.sum() * 0.0
-        mdm, acc = zero, zero.detach()
+    if noisy is None or n_masked == 0:
+        mdm_sum, n_correct = clean.sum() * 0.0, 0
     else:
-        pred = noisy_logits[:, :-1][sel].float()
+        pred = head(noisy[:, :-1][sel]).float()
         ce = F.cross_entropy(pred, target[sel], reduction="none")
         if s.inverse_t_weight:
             ce = ce / batch.t[:, 1:][sel]
-        mdm = ce.mean()
-        acc = (pred.argmax(-1) == target[sel]).float().mean().detach()
-    return ObjectiveOutput(mdm + s.ar_weight * ar, mdm.detach(), ar.detach(), acc, n_masked)
+        mdm_sum = ce.sum()
+        n_correct = int((pred.argmax(-1) == target[sel]).sum())
+    return ObjectiveOutput(mdm_sum, n_masked, ar_sum, int(ar_sel.sum()), n_correct,
+                           s.ar_weight, s.inverse_t_weight)

@@ -1,0 +1,95 @@
+"""Export a training run as a model `nextblock.load` (and `transformers`) can read.
+
+    nextblock export --model runs/a --out models/a            # merged HF directory
+    nextblock export --model runs/a --out adapter --adapter   # LoRA adapter + mask embedding
+
+A merged export is a plain Hugging Face directory (LoRA merged, the mask-token embedding row
+written in) that `AutoModelForCausalLM.from_pretrained` loads as an ordinary causal LM, with
+the block-diffusion settings in nextblock.json. An adapter export holds only the LoRA
+weights, the mask embedding and nextblock.json, whose `base_model` names the model to
+apply them to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import BlockConfig
+from ..errors import ConfigError
+from .trainer import AdaptConfig, build_model, latest_checkpoint
+
+MASK_EMBEDDING_FILE = "mask_embedding.safetensors"
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    run = Path(run)
+    if (run / "state.json").exists():
+        return run
+    ckpt = latest_checkpoint(run) if run.exists() else None
+    if ckpt is None:
+        raise ConfigError(f"{run}: no training checkpoint found (expected a run directory "
+                          "with checkpoints/latest, or a checkpoint directory)")
+    return ckpt
+
+
+def export(run: str | Path, out: str | Path, adapter: bool = False,
+           dtype: torch.dtype = torch.float32, decoding: dict | None = None) -> Path:
+    from ..loading import load
+
+    ckpt = find_checkpoint(run)
+    state = json.loads((ckpt / "state.json").read_text())
+    cfg = AdaptConfig(**state["config"])
+    if adapter and not cfg.lora_r:
+        raise ConfigError(f"{ckpt}: this run trained all weights; an adapter export needs a "
+                          "LoRA run (export without --adapter instead)")
+    lm = load(cfg.model)
+    module = build_model(cfg, lm)
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, t in load_file(ckpt / "trainable.safetensors").items():
+            params[name].copy_(t)
+    block = BlockConfig(
+        mask_token_id=lm.config.mask_token_id, mask_token=lm.config.mask_token,
+        block_size=state["block_size"], trained_block_sizes=state["trained_block_sizes"],
+        decoding=decoding or {"mode": "block", "threshold": 0.9},
+        base_model=cfg.model or "default-base")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if adapter:
+        peft_model = module.model
+        peft_model.save_pretrained(out, safe_serialization=True)
+        weights = out / "adapter_model.safetensors"
+        save_file({k: v.to(dtype).contiguous() for k, v in load_file(weights).items()}, weights)
+        save_file({"mask_embedding": module.mask_embedding.weight.detach().to(dtype)},
+                  out / MASK_EMBEDDING_FILE)
+    else:
+        model = module.model
+        if cfg.lora_r:
+            model = model.merge_and_unload()
+            with torch.no_grad():
+                model.get_input_embeddings().weight[block.mask_token_id] = \
+                    module.mask_embedding.weight
+        model.to(dtype).save_pretrained(out, safe_serialization=True)
+        lm.tokenizer.save_pretrained(out)
+    block.save(out)
+    return out
+
+
+def apply_adapter(lm, directory: Path) -> None:
+    """Merge a LoRA adapter export into a loaded base NextBlockModel, in place."""
+    from peft import PeftModel
+
+    block = BlockConfig.load(directory)
+    if block.mask_token_id != lm.config.mask_token_id:
+        raise ConfigError(f"{directory}: adapter expects mask token id {block.mask_token_id}, "
+                          f"the base model has {lm.config.mask_token_id}")
+    model = PeftModel.from_pretrained(lm.model, str(directory)).merge_and_unload()
+    mask = load_file(directory / MASK_EMBEDDING_FILE)["mask_embedding"]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[block.mask_token_id] = mask.to(
+            model.get_input_embeddings().weight.dtype)
+    lm.model, lm.config = model.eval(), block

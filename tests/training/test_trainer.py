@@ -1,0 +1,101 @@
+"""The adaptation loop: exact resume (full and LoRA), atomic checkpoints, data errors,
+and the metrics / plot report."""
+
+import json
+
+import pytest
+import torch
+
+from nextblock.errors import ConfigError
+from nextblock.training import trainer as tr
+from nextblock.training.data import DataError
+from nextblock.training.trainer import AdaptConfig, adapt
+from tests.helpers import save_tiny
+
+
+def write_chat(path, n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            q = " ".join(f"w{i}" for i in torch.randint(4, 40, (5,), generator=g).tolist())
+            a = " ".join(f"w{i}" for i in torch.randint(4, 40, (11,), generator=g).tolist())
+            f.write(json.dumps({"messages": [{"role": "user", "content": q},
+                                             {"role": "assistant", "content": a}]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapt")
+    return str(save_tiny(d / "tiny")), str(write_chat(d / "chat.jsonl")), d
+
+
+def config(setup, out, **kw):
+    model, data, d = setup
+    base = dict(model=model, data=[data], out=str(d / out), seq_len=32, batch_size=2,
+                steps=6, save_every=2, lr=3e-3, warmup=2, block_max=4)
+    base.update(kw)
+    return AdaptConfig(**base)
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_interrupted_and_resumed_run_matches_uninterrupted(setup, lora):
+    full = adapt(config(setup, f"full{lora}", lora_r=lora), progress=False)
+    assert [r["block_size"] for r in full] == [1, 2, 4, 4, 4, 4]  # 1 -> 4 by 60% of 6 steps
+    part = adapt(config(setup, f"part{lora}", lora_r=lora), progress=False, stop_at=3)
+    assert len(part) == 3  # "killed" after step 3: the newest checkpoint is step 2
+    rest = adapt(config(setup, f"part{lora}", lora_r=lora), progress=False, resume=True)
+    assert [r["step"] for r in rest] == [3, 4, 5, 6]
+    for a, b in zip(full[2:], rest):
+        for key in ("loss", "mdm_loss", "ar_loss", "masked_acc", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+    lines = (setup[2] / f"part{lora}" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3, 4, 5, 6]
+    assert (setup[2] / f"part{lora}" / "loss.png").stat().st_size > 1000
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(setup, monkeypatch):
+    cfg = config(setup, "atomic", steps=4)
+    adapt(cfg, progress=False, stop_at=2)
+    ckpt = tr.latest_checkpoint(cfg.out)
+    assert ckpt.name == "step-0000002"
+    real = tr.save_file
+
+    def dies_half_way(tensors, path):
+        if path.name == "optimizer.safetensors":
+            real(dict(list(tensors.items())[:1]), path)
+            raise KeyboardInterrupt("killed while writing")
+        real(tensors, path)
+
+    monkeypatch.setattr(tr, "save_file", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(cfg, progress=False, resume=True)
+    monkeypatch.setattr(tr, "save_file", real)
+    assert tr.latest_checkpoint(cfg.out) == ckpt  # the pointer still names step 2
+    rest = adapt(cfg, progress=False, resume=True)
+    assert [r["step"] for r in rest] == [3, 4]
+
+
+def test_corrupt_checkpoint_is_reported(setup):
+    cfg = config(setup, "corrupt", steps=2)
+    adapt(cfg, progress=False)
+    f = tr.latest_checkpoint(cfg.out) / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[:50])
+    with pytest.raises(ConfigError, match="corrupt checkpoint"):
+        adapt(cfg, progress=False, resume=True)
+
+
+def test_bad_inputs(setup, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no data files"):
+        adapt(config(setup, "e1", data=[str(tmp_path / "empty")]), progress=False)
+    lonely = tmp_path / "noassist.jsonl"
+    lonely.write_text(json.dumps({"messages": [{"role": "user", "content": "w1"}]}) + "\n")
+    with pytest.raises(DataError, match="conversation 0 has no assistant turn"):
+        adapt(config(setup, "e2", data=[str(lonely)]), progress=False)
+    with pytest.raises(ConfigError, match="seq_len=2 is smaller than the block size 4"):
+        adapt(config(setup, "e3", seq_len=2), progress=False)
+    with pytest.raises(DataError, match="no field 'body'"):
+        adapt(config(setup, "e4", field="body"), progress=False)
+    with pytest.raises(ConfigError, match="no training data"):
+        adapt(config(setup, "e5", data=[]), progress=False)
