@@ -176,8 +176,8 @@ def cmd_adapt(args) -> int:
 
     names = ["data", "out", "model", "field", "seq_len", "batch_size", "grad_accum", "steps",
              "lr", "warmup", "schedule", "lora_r", "lora_alpha", "block_start", "block_max",
-             "block_growth_end", "ar_weight", "mask_schedule", "precision", "seed",
-             "save_every"]
+             "block_ratio", "block_warmup", "block_stage_steps", "block_growth_end",
+             "ar_weight", "mask_schedule", "precision", "seed", "save_every"]
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     for flag in ("inverse_t_weight", "complementary", "grad_checkpointing"):
         if getattr(args, flag):
@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ in [("seq-len", int), ("batch-size", int), ("grad-accum", int),
                       ("steps", int), ("lr", float), ("warmup", int), ("lora-r", int),
                       ("lora-alpha", int), ("block-start", int), ("block-max", int),
+                      ("block-ratio", int), ("block-warmup", int), ("block-stage-steps", int),
                       ("block-growth-end", float), ("ar-weight", float), ("seed", int),
                       ("save-every", int)]:
         p.add_argument(f"--{name}", type=typ)

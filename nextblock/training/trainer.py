@@ -49,8 +49,11 @@ class AdaptConfig:
     weight_decay: float = 0.0
     lora_r: int = 0  # 0: full fine-tuning
     lora_alpha: int = 32
-    block_max: int = 4
-    block_start: int = 1
+    block_max: int = 4  # curriculum b(s) = min(b_max, b0 * r^floor(max(0, s - s0) / D))
+    block_start: int = 1  # b0
+    block_ratio: int = 2  # r
+    block_warmup: int = 0  # s0
+    block_stage_steps: int | None = None  # D; None: so that growth ends at block_growth_end
     block_growth_end: float = 0.6  # fraction of the run where the last block size starts
     ar_weight: float = 0.5
     mask_schedule: str = "block"
@@ -95,7 +98,11 @@ class AdaptConfig:
         return cls(**d)
 
     def curriculum(self) -> BlockCurriculum:
+        if self.block_stage_steps is not None:
+            return BlockCurriculum(b0=self.block_start, r=self.block_ratio, b_max=self.block_max,
+                                   s0=self.block_warmup, D=self.block_stage_steps)
         return BlockCurriculum.for_run(self.steps, b_max=self.block_max, b0=self.block_start,
+                                       r=self.block_ratio, s0=self.block_warmup,
                                        end_fraction=self.block_growth_end)
 
     def objective_settings(self) -> ObjectiveSettings:

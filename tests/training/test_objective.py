@@ -28,17 +28,20 @@ def test_clean_half_equals_plain_causal_forward(family):
     torch.testing.assert_close(clean, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("b", [2, 4, 8])
-def test_noisy_block_equals_inference_denoise_step(b):
+@pytest.mark.parametrize("b,off", [(2, 0), (4, 0), (8, 0), (4, 7), (8, 3)])
+def test_noisy_block_equals_inference_denoise_step(b, off):
+    """off: the block grid starts at a response after an `off`-token prompt (SFT)."""
     model = tiny_model("qwen2", seed=1)
     L = 24
     x = batch_of(L, B=1, seed=3)
-    nb = noise(x, b, MASK, generator=torch.Generator().manual_seed(1))
-    assert nb.masked.any()
+    offsets = torch.tensor([off])
+    nb = noise(x, b, MASK, generator=torch.Generator().manual_seed(1), offsets=offsets,
+               loss_mask=(torch.arange(L) >= off)[None])
+    assert nb.masked.any() and not nb.masked[0, :off + 1].any()
     with torch.no_grad():
         noisy, _ = training_logits(model, nb)
-        for k in range(L // b):
-            start = k * b
+        for k in range((L - off) // b):
+            start = off + k * b
             cache = KVCache.for_model(model, 1, L)
             valid = torch.ones(1, L, dtype=torch.bool)
             if start:  # the clean prefix, committed causally
@@ -126,3 +129,15 @@ def test_loss_goes_down(schedule):
         assert sum(mdm[-5:]) / 5 < 0.7 * sum(mdm[:5]) / 5
     else:
         assert all(l[1] == 0.0 for l in losses)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = batch_of(16, B=2, seed=8)
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_model("llama", seed=2).train()
+        nb = noise(x, 4, MASK, generator=torch.Generator().manual_seed(5))
+        objective(model, nb, checkpoint=ckpt).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()
+                                if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
