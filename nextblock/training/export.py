@@ -46,7 +46,7 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
     if adapter and not cfg.lora_r:
         raise ConfigError(f"{ckpt}: this run trained all weights; an adapter export needs a "
                           "LoRA run (export without --adapter instead)")
-    lm = load(cfg.model)
+    lm = load(cfg.model or "default-base")  # runs that did not record it trained the base
     module = build_model(cfg, lm)
     params = dict(module.named_parameters())
     with torch.no_grad():
@@ -66,6 +66,10 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
         save_file({k: v.to(dtype).contiguous() for k, v in load_file(weights).items()}, weights)
         save_file({"mask_embedding": module.mask_embedding.weight.detach().to(dtype)},
                   out / MASK_EMBEDDING_FILE)
+        meta = json.loads((out / "adapter_config.json").read_text())
+        meta["base_model_name_or_path"] = block.base_model  # a spec, not this machine's path
+        (out / "adapter_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (out / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     else:
         model = module.model
         if cfg.lora_r:

@@ -256,9 +256,11 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
     from accelerate import Accelerator
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..loading import load
+    from ..loading import default_adapter, load
 
     cfg.validated()
+    if cfg.model is None:  # record which model "default" meant, for resume and export
+        cfg.model = "default" if default_adapter() else "default-base"
     acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
                       cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
