@@ -47,3 +47,17 @@ def test_cli_generate_json(default_lm, capsys):
     assert out["text"] == default_lm.tokenizer.decode(out["tokens"], skip_special_tokens=True)
     assert out["tokens"] == default_lm.generate("What is 2+3?", mode="block", block_size=4,
                                                 max_new_tokens=12).tokens
+
+
+def test_default_is_the_shipped_adapter(default_lm):
+    from nextblock.loading import default_adapter
+
+    adapter = default_adapter()
+    assert adapter is not None
+    size = sum(f.stat().st_size for f in adapter.iterdir())
+    assert size <= 25 * 2**20  # small enough to live in the repository
+    assert default_lm.config.trained_block_sizes == [1, 2, 4]
+    assert default_lm.config.base_model == "default-base"
+    # the adapter changed the weights: the mask embedding is no longer the mean row
+    emb = default_lm.model.get_input_embeddings().weight
+    assert not torch.allclose(emb[default_lm.config.mask_token_id], emb[:-1].mean(0))

@@ -61,7 +61,7 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     if adapter:
         peft_model = module.model
-        peft_model.save_pretrained(out, safe_serialization=True)
+        peft_model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
         weights = out / "adapter_model.safetensors"
         save_file({k: v.to(dtype).contiguous() for k, v in load_file(weights).items()}, weights)
         save_file({"mask_embedding": module.mask_embedding.weight.detach().to(dtype)},

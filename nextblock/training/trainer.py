@@ -367,10 +367,12 @@ def plot_metrics(out: str | os.PathLike) -> Path:
     if not recs:
         raise ConfigError(f"{out}: no metrics.jsonl to plot")
     steps = [r["step"] for r in recs]
+    nan = float("nan")  # steps without masked tokens (block size 1) have no MDM values
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ax.plot(steps, [r["mdm_loss"] for r in recs], label="L_MDM")
+    ax.plot(steps, [r["mdm_loss"] if r["n_masked"] else nan for r in recs], label="L_MDM")
     ax.plot(steps, [r["ar_loss"] for r in recs], label="L_AR")
-    ax2.plot(steps, [r["masked_acc"] for r in recs], color="tab:green", label="masked acc")
+    ax2.plot(steps, [r["masked_acc"] if r["n_masked"] else nan for r in recs],
+             color="tab:green", label="masked acc")
     for prev, r in zip(recs, recs[1:]):
         if r["block_size"] != prev["block_size"]:
             for a in (ax, ax2):
