@@ -13,6 +13,7 @@ apply them to.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -91,7 +92,9 @@ def apply_adapter(lm, directory: Path) -> None:
     if block.mask_token_id != lm.config.mask_token_id:
         raise ConfigError(f"{directory}: adapter expects mask token id {block.mask_token_id}, "
                           f"the base model has {lm.config.mask_token_id}")
-    model = PeftModel.from_pretrained(lm.model, str(directory)).merge_and_unload()
+    with warnings.catch_warnings():  # peft's own deprecation notices are not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(lm.model, str(directory)).merge_and_unload()
     mask = load_file(directory / MASK_EMBEDDING_FILE)["mask_embedding"]
     with torch.no_grad():
         model.get_input_embeddings().weight[block.mask_token_id] = mask.to(
