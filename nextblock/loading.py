@@ -194,9 +194,9 @@ def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "f
     if source.is_dir() and (source / "adapter_config.json").exists():
         from .training.export import apply_adapter
 
-        base = BlockConfig.load(source).base_model
-        if base in (None, "default") or Path(str(base)).resolve() == source.resolve():
-            base = "default-base"
+        base = BlockConfig.load(source).base_model or "default-base"
+        if resolve(base).resolve() == source.resolve():
+            raise ConfigError(f"{source / CONFIG_NAME}: base_model {base!r} is this adapter")
         lm = load(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         apply_adapter(lm, source)
         lm.name = name

@@ -342,9 +342,8 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
                     print(_log_line(rec), flush=True)
                 if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                     save_checkpoint(out, step + 1, inner, opt, sched, cfg,
-                                    {"block_size": b,
-                                     "trained_block_sizes": sorted({r["block_size"] for r in
-                                                                    _read_metrics(out)})})
+                                    {"block_size": b, "trained_block_sizes":
+                                     [size for _, size in curriculum.stages(step + 1)]})
             acc.wait_for_everyone()
     if acc.is_main_process and end == cfg.steps:
         plot_metrics(out)
