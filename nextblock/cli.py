@@ -177,7 +177,7 @@ def cmd_adapt(args) -> int:
     names = ["data", "out", "model", "field", "seq_len", "batch_size", "grad_accum", "steps",
              "lr", "warmup", "schedule", "lora_r", "lora_alpha", "block_start", "block_max",
              "block_ratio", "block_warmup", "block_stage_steps", "block_growth_end",
-             "ar_weight", "mask_schedule", "precision", "seed", "save_every"]
+             "ar_weight", "mask_schedule", "precision", "seed", "save_every", "init_adapter"]
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     for flag in ("inverse_t_weight", "complementary", "grad_checkpointing"):
         if getattr(args, flag):
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--model")
     p.add_argument("--field", help="record field (default: messages if present, else text)")
+    p.add_argument("--init-adapter", help="start LoRA and mask embedding from an adapter "
+                   "export (same --lora-r), to continue an earlier adaptation")
     for name, typ in [("seq-len", int), ("batch-size", int), ("grad-accum", int),
                       ("steps", int), ("lr", float), ("warmup", int), ("lora-r", int),
                       ("lora-alpha", int), ("block-start", int), ("block-max", int),

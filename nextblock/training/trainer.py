@@ -49,6 +49,7 @@ class AdaptConfig:
     weight_decay: float = 0.0
     lora_r: int = 0  # 0: full fine-tuning
     lora_alpha: int = 32
+    init_adapter: str | None = None  # start LoRA + mask embedding from an exported adapter
     block_max: int = 4  # curriculum b(s) = min(b_max, b0 * r^floor(max(0, s - s0) / D))
     block_start: int = 1  # b0
     block_ratio: int = 2  # r
@@ -153,7 +154,39 @@ def build_model(cfg: AdaptConfig, lm):
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  lora_dropout=0.0, target_modules=LORA_TARGETS))
-    return TrainingModule(model, lm.config.mask_token_id, lora=bool(cfg.lora_r))
+    module = TrainingModule(model, lm.config.mask_token_id, lora=bool(cfg.lora_r))
+    if cfg.init_adapter:
+        _init_from_adapter(module, Path(cfg.init_adapter))
+    return module
+
+
+def _init_from_adapter(module: TrainingModule, directory: Path) -> None:
+    """Continue from an adapter that `nextblock export --adapter` wrote (same rank)."""
+    from peft import set_peft_model_state_dict
+
+    from .export import MASK_EMBEDDING_FILE
+
+    if module.mask_embedding is None:
+        raise ConfigError("init_adapter needs LoRA training (lora_r > 0)")
+    try:
+        weights = load_file(directory / "adapter_model.safetensors")
+        mask = load_file(directory / MASK_EMBEDDING_FILE)["mask_embedding"]
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"init_adapter {directory}: not a nextblock adapter "
+                          f"({str(e).splitlines()[0]})") from None
+    own = module.model.state_dict()
+    for k, v in weights.items():  # peft stores names without the adapter name
+        name = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+            ".lora_B.weight", ".lora_B.default.weight")
+        if name in own and own[name].shape != v.shape:
+            raise ConfigError(f"init_adapter {directory}: {k} has shape {tuple(v.shape)}, "
+                              f"this run's LoRA expects {tuple(own[name].shape)} (lora_r?)")
+    result = set_peft_model_state_dict(module.model, {k: v.float() for k, v in weights.items()})
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"init_adapter {directory}: unexpected weights "
+                          f"{result.unexpected_keys[0]}")
+    with torch.no_grad():
+        module.mask_embedding.weight.copy_(mask.float())
 
 
 def lr_lambda(cfg: AdaptConfig):

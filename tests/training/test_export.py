@@ -74,3 +74,23 @@ def test_adapter_export_applies_to_its_base(run):
 def test_export_errors(run, tmp_path):
     with pytest.raises(nextblock.ConfigError, match="no training checkpoint"):
         ex.export(tmp_path / "nothing", tmp_path / "o")
+
+
+def test_init_adapter_continues_from_an_export(run):
+    out = run / "adapter_init"
+    ex.export(run / "run", out, adapter=True)
+    base = AdaptConfig(**json.loads((ex.find_checkpoint(run / "run") / "state.json")
+                                    .read_text())["config"])
+    cfg = AdaptConfig(**{**base.__dict__, "init_adapter": str(out)})
+    module = build_model(cfg, nextblock.load(cfg.model))
+    ids = torch.tensor([[1, 92, 5, 92, 7, 8]])
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module.model(ids).logits, trained_logits(run, ids),
+                                   atol=1e-4, rtol=1e-4)
+    wrong = AdaptConfig(**{**base.__dict__, "init_adapter": str(out), "lora_r": 8})
+    with pytest.raises(nextblock.ConfigError, match="lora_r"):
+        build_model(wrong, nextblock.load(cfg.model))
+    with pytest.raises(nextblock.ConfigError, match="not a nextblock adapter"):
+        build_model(AdaptConfig(**{**base.__dict__, "init_adapter": str(run)}),
+                    nextblock.load(cfg.model))
