@@ -7,6 +7,7 @@ A forward always writes its keys/values into the slots just past `length` and at
     peek    (denoise step): write, attend, do not advance -> the next write overwrites them
     commit  (causal pass):  write, attend, advance        -> exactly what an AR model holds
     truncate(n):            length = n (verified decoding drops rejected tokens)
+    grow(n):                more slots, stored ones kept
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ class KVCache:
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {n}")
         self.length = n
+
+    def grow(self, max_len: int) -> None:
+        """Reallocate for `max_len` slots, keeping what is stored (rare: batches in verified
+        mode, whose rejected drafts leave holes, can need more slots than tokens)."""
+        if max_len <= self.max_len:
+            return
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_zeros(old.shape[:3] + (max_len,) + old.shape[4:])
+            new[:, :, :, :self.length] = old[:, :, :, :self.length]
+            setattr(self, name, new)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop finished batch rows (rows: indices to keep)."""

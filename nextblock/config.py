@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 CONFIG_NAME = "nextblock.json"
-MODES = ("ar", "block")
+MODES = ("ar", "block", "verified")
 CONFIDENCE_MEASURES = ("prob", "margin", "neg_entropy")
 
 
@@ -30,6 +30,15 @@ class DecodeSettings:
     right; every step unmasks the most confident masked position of the current sub-block
     plus every one whose confidence (`prob`, `margin` = top1 - top2 probability, or
     `neg_entropy` = -H, always <= 0) exceeds `threshold`.
+
+    verified: blocks are drafted the same way (greedy drafts), then the commit pass checks
+    them against the causal model: the longest agreeing prefix is kept, the first
+    disagreement is replaced by the causal choice. Output equals AR (greedy: the same tokens;
+    sampled: the same distribution, by the speculative-sampling acceptance rule).
+
+    fused_commit: the forward that commits a block also runs the next block's first denoise
+    step, anchored on the guess the last denoise step made; kept only when the commit
+    confirms the guess. Output is identical either way; it saves forwards.
     """
 
     mode: str = "block"
@@ -44,6 +53,7 @@ class DecodeSettings:
     repetition_penalty: float = 1.0  # HF semantics: >1 discourages tokens already present
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    fused_commit: bool = True
 
     @property
     def effective_block_size(self) -> int:
@@ -92,6 +102,8 @@ class DecodeSettings:
             bad("repetition_penalty", "must be a finite number > 0 (1 means off)")
         if self.seed is not None and not _is_int(self.seed):
             bad("seed", "must be an integer")
+        if not isinstance(self.fused_commit, bool):
+            bad("fused_commit", "must be true or false")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)

@@ -13,6 +13,8 @@ Inference, a chunk of T query positions starting at absolute position `start`, o
 cached keys [0, start) and the chunk itself:
     denoise  (causal=False): everything cached + every position of its own block
     commit / prefill (causal=True): everything cached + causal inside the chunk
+    fused    (causal=True, noisy_from=b): the first b queries commit a block (causal), the
+             rest are the next block's denoise step (cache + committed block + own block)
 
 Padding: keys that are padding are never attended; a padding query attends only to itself,
 so no row of the softmax is empty (its output is never used).
@@ -53,13 +55,19 @@ def training_mask_mod(seq_len: int, block_size: int, lengths: torch.Tensor | Non
     return mask_mod
 
 
-def decode_mask_mod(start: int, causal: bool, key_valid: torch.Tensor | None = None):
+def decode_mask_mod(start: int, causal: bool, key_valid: torch.Tensor | None = None,
+                    noisy_from: int | None = None):
     """Rule for a chunk of queries at absolute positions start, start+1, ... over keys
-    [0, start + T): the cache plus the chunk. `key_valid[b, kv]` False marks padding."""
+    [0, start + T): the cache plus the chunk. `key_valid[b, kv]` False marks padding (and the
+    holes verified decoding leaves). Queries from chunk index `noisy_from` on (0 when not
+    causal) form a noisy block: they also see every later position of the chunk."""
+    noisy = 0 if not causal else noisy_from
 
     def mask_mod(b, h, q, kv):
         qa = q + start
-        allowed = (kv <= qa) if causal else torch.ones_like(kv <= qa)
+        allowed = kv <= qa
+        if noisy is not None:
+            allowed = allowed | ((q >= noisy) & (kv >= start + noisy))
         if key_valid is not None:
             allowed = (allowed & key_valid[b, kv]) | (kv == qa)
         return allowed
@@ -96,7 +104,9 @@ def training_mask(seq_len: int, block_size: int, lengths: torch.Tensor | None = 
     return dense(mod, batch, 2 * seq_len, 2 * seq_len, device)
 
 
-def decode_mask(key_valid: torch.Tensor, start: int, length: int, causal: bool) -> torch.Tensor:
-    """Dense [batch, 1, length, start + length] mask for one prefill / denoise / commit chunk."""
-    mod = decode_mask_mod(start, causal, key_valid)
+def decode_mask(key_valid: torch.Tensor, start: int, length: int, causal: bool,
+                noisy_from: int | None = None) -> torch.Tensor:
+    """Dense [batch, 1, length, start + length] mask for one prefill / denoise / commit chunk
+    (or a fused commit + denoise chunk, with `noisy_from`)."""
+    mod = decode_mask_mod(start, causal, key_valid, noisy_from)
     return dense(mod, key_valid.shape[0], length, start + length, key_valid.device)

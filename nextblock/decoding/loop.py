@@ -10,6 +10,11 @@ cache without storing it (peek) and a policy fills masked positions; then the fi
 is run once more causally and stored (commit), whose last logit gives the next anchor. With
 B = 1 there is nothing to denoise and the loop is exact, cached AR decoding.
 
+verified mode: the commit pass also checks the drafted block against its own causal choices
+(`verify`); rejected positions are dropped from the cache. Fused commit: the commit forward
+also carries the next block's first denoise step, anchored on a guess (`Rows.forward` with
+`noisy_from`); the result is used only if the commit confirms the guess.
+
 Rows of a batch are left-padded and move in lockstep; a row leaves the batch when it ends
 (stop token, stop string, length) and its cache rows are dropped.
 """
@@ -34,11 +39,14 @@ from .sampling import Sampler, confidence
 class Step:
     """One forward pass. `filled[row]` lists (generated index, token id) it decided."""
 
-    kind: str  # "prefill" | "denoise" | "commit"
+    kind: str  # "prefill" | "denoise" | "commit" | "verify"
     block: int  # index of the block being decoded (the next block's anchor for commit)
-    start: int  # generated index of that block's first token
+    start: int  # generated index of that block's first token (row 0's, in verified mode)
     size: int  # tokens in that block
     filled: dict[int, list[tuple[int, int]]]
+    fused: bool = False  # it also ran (and kept) the next block's first denoise step
+    drafted: dict[int, tuple[int, int]] = field(default_factory=dict)  # verify: row ->
+    # (drafted tokens checked, accepted)
 
 
 @dataclass
@@ -57,6 +65,9 @@ class Result:
     forwards: int = 0
     seconds: float = 0.0
     trace: list[Step] | None = None
+    fused: int = 0  # forwards saved by the fused commit
+    drafted: int = 0  # verified mode: drafted tokens checked, and accepted
+    accepted: int = 0
 
     @property
     def new_tokens(self) -> int:
@@ -66,6 +77,78 @@ class Result:
 StopFn = Callable[[int, list[int]], "int | None"]  # (row, generated so far) -> tokens to keep
 
 
+class Rows:
+    """The batch state: KV cache plus, per cache column, each row's token and whether it is a
+    real key (False for left padding and for drafts verified mode rejected); `pos` is each
+    row's next position id. Columns [0, cols) are stored; a forward writes after them."""
+
+    def __init__(self, model, prompts: list[list[int]], capacity: int, mask_token_id: int):
+        dev = next(model.parameters()).device
+        n, P = len(prompts), max(len(p) for p in prompts)
+        self.model, self.mask_token_id = model, mask_token_id
+        self.cache = KVCache.for_model(model, n, capacity)
+        self.seq = torch.full((n, capacity), mask_token_id, dtype=torch.long, device=dev)
+        self.valid = torch.zeros((n, capacity), dtype=torch.bool, device=dev)
+        for r, p in enumerate(prompts):
+            self.seq[r, P - len(p):P] = torch.tensor(p, device=dev)
+            self.valid[r, P - len(p):P] = True
+        self.pos = torch.tensor([len(p) - P for p in prompts], device=dev)  # pads: < 0
+        self.cols = 0
+        self.steps = torch.arange(capacity, device=dev)
+
+    def mask(self, T: int, causal: bool, noisy_from: int | None = None) -> torch.Tensor:
+        """Mask for a chunk of T columns after the stored ones (built once per chunk shape)."""
+        if self.cols + T > self.cache.max_len:
+            self._grow(self.cols + T)
+        if self.cols:  # generated columns are real keys (the prompt sets its own)
+            self.valid[:, self.cols:self.cols + T] = True
+        return masks.decode_mask(self.valid[:, :self.cols + T], self.cols, T, causal,
+                                 noisy_from)
+
+    def forward(self, tokens, mask, store: int = 0, logits_from: int = 0) -> torch.Tensor:
+        """Run tokens [n, T] after the stored columns; keep the first `store` of them."""
+        T = tokens.shape[1]
+        positions = (self.pos[:, None] + self.steps[:T]).clamp(min=0)
+        logits = forward(self.model, tokens, positions, mask, self.cache, logits_from)
+        if store:
+            self.cache.commit(store)
+            self.seq[:, self.cols:self.cols + store] = tokens[:, :store]
+            self.pos += store
+            self.cols += store
+        return logits
+
+    def history(self, block: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids seen by each row (stored, then `block`), for the repetition penalty."""
+        stored = self.seq[:, :self.cols]
+        return stored if block is None else torch.cat([stored, block], dim=1)
+
+    def reject(self, kept: torch.Tensor, T: int) -> None:
+        """Of the last T stored columns, row r keeps the first kept[r]; the rest become holes
+        (never attended again). Trailing holes shared by every row are truncated away."""
+        cols = self.steps[self.cols - T:self.cols]
+        hole = cols[None, :] >= (self.cols - T + kept)[:, None]
+        self.valid[:, self.cols - T:self.cols] &= ~hole
+        self.seq[:, self.cols - T:self.cols].masked_fill_(hole, self.mask_token_id)
+        self.pos -= T - kept
+        common = int((T - kept).min())
+        self.cols -= common
+        self.cache.truncate(self.cols)
+
+    def keep_rows(self, idx: torch.Tensor) -> None:
+        self.cache.keep_rows(idx)
+        self.seq, self.valid, self.pos = self.seq[idx], self.valid[idx], self.pos[idx]
+
+    def _grow(self, need: int) -> None:
+        size = max(need, 2 * self.cache.max_len)
+        self.cache.grow(size)
+        n = self.seq.shape[0]
+        self.seq = torch.cat([self.seq, self.seq.new_full((n, size - self.seq.shape[1]),
+                                                          self.mask_token_id)], dim=1)
+        self.valid = torch.cat([self.valid, self.valid.new_zeros(
+            (n, size - self.valid.shape[1]))], dim=1)
+        self.steps = torch.arange(size, device=self.seq.device)
+
+
 def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_token_id: int,
            stop_token_ids=(), seeds: list[int | None] | None = None,
            stop_fn: StopFn | None = None, max_context: int | None = None
@@ -73,108 +156,187 @@ def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_to
     """Yield a Step per forward pass and an Emit per finished block. Inputs are validated
     by the caller (nextblock.lm); `max_context` caps prompt + generated positions."""
     s = settings
-    dev = next(model.parameters()).device
-    n_rows = len(prompts)
+    B = s.effective_block_size
+    verified, fuse = s.mode == "verified", s.fused_commit and B > 1
     P = max(len(p) for p in prompts)
     max_new = s.max_new_tokens if max_context is None else min(s.max_new_tokens, max_context - P)
-    total = P + max_new
-    pad = torch.tensor([P - len(p) for p in prompts], device=dev)
-
-    # Sequence buffer (prompt + generated, for the repetition penalty); pad slots repeat the
-    # row's first token so they change nothing. key_valid marks the pad slots.
-    seq = torch.full((n_rows, total), mask_token_id, dtype=torch.long, device=dev)
-    for r, p in enumerate(prompts):
-        seq[r, :P] = torch.tensor([p[0]] * (P - len(p)) + list(p), device=dev)
-    slot = torch.arange(total, device=dev)
-    key_valid = slot[None, :] >= pad[:, None]
-    positions = (slot[None, :] - pad[:, None]).clamp(min=0)
+    rows = Rows(model, prompts, P + max_new + 2 * B, mask_token_id)
+    dev = rows.seq.device
     stop_ids = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=dev)
     history = s.repetition_penalty != 1.0
-
-    cache = KVCache.for_model(model, n_rows, total)
-    sampler = Sampler(s, mask_token_id, seeds or [s.seed] * n_rows)
+    sampler = Sampler(s, mask_token_id, seeds or [s.seed] * len(prompts))
     policy = policy_for(s)
-    alive = list(range(n_rows))  # original row index of each batch row
-    out: list[list[int]] = [[] for _ in range(n_rows)]
+    alive = list(range(len(prompts)))  # original row index of each batch row
+    out: list[list[int]] = [[] for _ in prompts]
 
-    def causal_pass(tokens, start):
-        """Run tokens at [start, start+T) causally, store them, choose the next token."""
-        T = tokens.shape[1]
-        mask = masks.decode_mask(key_valid[:, :start + T], start, T, causal=True)
-        logits = forward(model, tokens, positions[:, start:start + T], mask, cache,
-                         logits_from=T - 1)
-        cache.commit(T)
-        probs = sampler.probs(logits, seq[:, :start + T] if history else None)
-        return sampler.choose(probs)[:, 0]
+    def process(logits, block):  # processed distribution of a forward over `block`
+        return sampler.probs(logits, rows.history(block) if history else None)
 
-    anchor = causal_pass(seq[:, :P], 0)
-    n, block_index = 0, 0  # generated tokens so far (all alive rows), blocks done
-    yield Step("prefill", 0, 0, min(s.effective_block_size, max_new),
+    prompt = torch.tensor([[p[0]] * (P - len(p)) + p for p in prompts], device=dev)
+    logits = rows.forward(prompt, rows.mask(P, True), store=P, logits_from=P - 1)
+    anchor = sampler.choose(process(logits, None))[:, 0]
+    block_index, ahead = 0, None  # ahead: the next block's first denoise logits (fused)
+    yield Step("prefill", 0, 0, min(B, max_new),
                {r: [(0, int(anchor[i]))] for i, r in enumerate(alive)})
 
     while True:
-        b = min(s.effective_block_size, max_new - n)
-        start = P + n
+        done = [len(out[r]) for r in alive]
+        b = min(B, max_new - min(done))
         block = torch.full((len(alive), b), mask_token_id, dtype=torch.long, device=dev)
         block[:, 0] = anchor
-        seq[:, start:start + b] = block
+        guess = None  # the last denoise step's choice for the token after the block
 
         if b > 1:  # denoise: peek at the cache, fill masks until the block is done
-            dmask = masks.decode_mask(key_valid[:, :start + b], start, b, causal=False)
-            pos = positions[:, start:start + b]
+            dmask = rows.mask(b, causal=False)
             while True:
                 need = _still_needed(block, mask_token_id, stop_ids)
                 rows_left = need.any(dim=1)
                 if not rows_left.any():
                     break
-                logits = forward(model, block, pos, dmask, cache)[:, :-1]
-                probs = sampler.probs(logits, seq[:, :start + b] if history else None)
-                tokens = sampler.choose(probs, draw=rows_left)
-                conf = confidence(probs, tokens, policy.confidence)
+                fused_step = ahead is not None
+                logits = ahead if fused_step else rows.forward(block, dmask)
+                ahead = None
+                probs = process(logits, block)  # position j predicts token j + 1
+                fill = probs[:, :-1]
+                draft = fill.argmax(-1) if verified else sampler.choose(fill, draw=rows_left)
+                tokens = torch.cat([block[:, :1], draft], dim=1)
+                conf = confidence(fill, draft, policy.confidence)
                 conf = torch.cat([torch.full_like(conf[:, :1], -torch.inf), conf], dim=1)
-                tokens = torch.cat([block[:, :1], tokens], dim=1)
                 transfer = policy.select(conf, need)
                 block = torch.where(transfer, tokens, block)
-                seq[:, start:start + b] = block
-                yield Step("denoise", block_index, n, b, _filled(alive, transfer, tokens, n))
+                guess = probs[:, -1].argmax(-1)
+                yield Step("denoise", block_index, done[0], b,
+                           _filled(alive, transfer, tokens, done), fused=fused_step)
 
-        # the block is final: emit it, end rows that stopped
-        n += b
-        block_cpu = block.tolist()
-        emitted, finished = {}, {}
-        for i, r in enumerate(alive):
-            toks = block_cpu[i]
-            hit = [j for j, t in enumerate(toks) if t in stop_token_ids]
-            if hit:
-                toks = toks[:hit[0] + 1]
-                finished[r] = "stop"
-            out[r].extend(toks)
-            emitted[r] = toks
-            if stop_fn is not None and r not in finished:
-                keep = stop_fn(r, out[r])
-                if keep is not None:
-                    del out[r][keep:]
-                    emitted[r] = toks[:max(0, len(toks) - (n - keep))]
-                    finished[r] = "stop"
-            if r not in finished and n >= max_new:
-                finished[r] = "length"
-        yield Emit(emitted, finished)
-        if finished:
-            keep_idx = [i for i, r in enumerate(alive) if r not in finished]
-            if not keep_idx:
-                return
-            idx = torch.tensor(keep_idx, device=dev)
-            alive = [alive[i] for i in keep_idx]
-            seq, key_valid, positions = seq[idx], key_valid[idx], positions[idx]
-            block = block[idx]
-            cache.keep_rows(idx)
-            sampler.keep_rows(keep_idx)
-
-        # commit: store the block causally; its last logit is the next anchor
-        anchor = causal_pass(block, start)
         block_index += 1
-        yield Step("commit", block_index, n, min(s.effective_block_size, max_new - n),
-                   {r: [(n, int(anchor[i]))] for i, r in enumerate(alive)})
+        if verified:  # the commit pass verifies the draft; rejected columns become holes
+            b2 = min(B, max_new - min(done) - b)
+            logits, ahead = _commit(rows, block, guess if fuse else None, b2, mask_token_id, 0)
+            kept, anchor = _verify(sampler, rows, block, logits, history)
+            rows.reject(kept, b)
+            kept_list = kept.tolist()
+            emitted, finished = _emit(alive, [block[i, :k] for i, k in enumerate(kept_list)],
+                                      done, out, max_new, stop_token_ids, stop_fn)
+            confirmed = (ahead is not None and all(k == b for k in kept_list)
+                         and bool((anchor == guess).all()))
+            step = Step("verify", block_index, done[0] + kept_list[0],
+                        0, {r: [(done[i] + kept_list[i], int(anchor[i]))]
+                            for i, r in enumerate(alive)},
+                        drafted={r: (b - 1, kept_list[i] - 1) for i, r in enumerate(alive)})
+            yield Emit(emitted, finished)
+            idx = _drop(finished, alive, rows, sampler)
+            if idx is None:  # everyone is done; the verify pass still counts as a forward
+                yield step
+                return
+            if idx is not False:
+                anchor, ahead = anchor[idx], (None if ahead is None else ahead[idx])
+                alive = [alive[i] for i in idx.tolist()]
+            step.size = min(B, max_new - min(len(out[r]) for r in alive))
+            ahead = ahead if confirmed and step.size == b2 else None
+            yield step
+            continue
+
+        emitted, finished = _emit(alive, list(block), done, out, max_new, stop_token_ids,
+                                  stop_fn)
+        yield Emit(emitted, finished)
+        idx = _drop(finished, alive, rows, sampler)
+        if idx is None:
+            return
+        if idx is not False:
+            block, alive = block[idx], [alive[i] for i in idx.tolist()]
+            guess = None if guess is None else guess[idx]
+        n = len(out[alive[0]])
+        b2 = min(B, max_new - n)
+        logits, ahead = _commit(rows, block, guess if fuse else None, b2, mask_token_id, b - 1)
+        anchor = sampler.choose(process(logits, None))[:, 0]
+        if ahead is not None and not bool((anchor == guess).all()):
+            ahead = None
+        yield Step("commit", block_index, n, b2, {r: [(n, int(anchor[i]))]
+                                                 for i, r in enumerate(alive)})
+
+
+def _commit(rows: Rows, block, guess, b2: int, mask_token_id: int, logits_from: int):
+    """Store `block` causally; return its logits from `logits_from` on. With a guess of the
+    next anchor, the same forward runs the next block's first denoise step, whose logits
+    come back as the second value."""
+    b = block.shape[1]
+    if guess is None or b2 < 2:
+        return rows.forward(block, rows.mask(b, True), store=b, logits_from=logits_from), None
+    nxt = torch.full((block.shape[0], b2), mask_token_id, dtype=block.dtype,
+                     device=block.device)
+    nxt[:, 0] = guess
+    chunk = torch.cat([block, nxt], dim=1)
+    logits = rows.forward(chunk, rows.mask(b + b2, True, noisy_from=b), store=b,
+                          logits_from=logits_from)
+    return logits[:, :b - logits_from], logits[:, b - logits_from:]
+
+
+def _verify(sampler: Sampler, rows: Rows, block, logits, history: bool):
+    """Accept, per row, the longest prefix of drafted tokens the causal model agrees with.
+    Greedy: a draft is kept when it equals the causal argmax. Sampled: the drafts are
+    deterministic (greedy) proposals, so the speculative-sampling rule with a point-mass
+    proposal applies: keep draft d with probability p(d), else draw from p without d; the
+    output then follows the AR sampling distribution exactly. Returns (tokens kept per
+    row, counting the anchor; the next anchor)."""
+    n, b = block.shape
+    kept = torch.ones(n, dtype=torch.long, device=block.device)
+    anchor = torch.zeros(n, dtype=torch.long, device=block.device)
+    open_rows = torch.ones(n, dtype=torch.bool, device=block.device)
+    stored = rows.cols - b
+    for j in range(b):  # position j predicts block token j+1 (or the next anchor)
+        hist = rows.seq[:, :stored + j + 1] if history else None
+        p = sampler.probs(logits[:, j:j + 1], hist)[:, 0]
+        nxt = block[:, j + 1] if j + 1 < b else None
+        if sampler.s.greedy:
+            choice = p.argmax(-1)
+            ok = (choice == nxt) if nxt is not None else torch.zeros_like(open_rows)
+        else:
+            ok, choice = sampler.accept_point_draft(p, nxt, open_rows)
+        anchor = torch.where(open_rows & ~ok, choice, anchor)
+        if nxt is None:
+            break
+        kept += (open_rows & ok).long()
+        open_rows &= ok
+        if not open_rows.any():
+            break
+    return kept, anchor
+
+
+def _emit(alive, blocks, done, out, max_new, stop_token_ids, stop_fn):
+    """Append each row's final tokens; end rows at a stop token, stop string or the limit."""
+    emitted, finished = {}, {}
+    for i, r in enumerate(alive):
+        toks = blocks[i].tolist()[:max_new - done[i]]
+        hit = [j for j, t in enumerate(toks) if t in stop_token_ids]
+        if hit:
+            toks = toks[:hit[0] + 1]
+            finished[r] = "stop"
+        out[r].extend(toks)
+        emitted[r] = toks
+        if stop_fn is not None and r not in finished:
+            keep = stop_fn(r, out[r])
+            if keep is not None:
+                cut = len(out[r]) - keep
+                del out[r][keep:]
+                emitted[r] = toks[:max(0, len(toks) - cut)]
+                finished[r] = "stop"
+        if r not in finished and len(out[r]) >= max_new:
+            finished[r] = "length"
+    return emitted, finished
+
+
+def _drop(finished, alive, rows: Rows, sampler: Sampler):
+    """Remove finished rows; None when no row is left, False when none finished, else the
+    index tensor of the rows kept (for the caller's own per-row tensors)."""
+    if not finished:
+        return False
+    keep = [i for i, r in enumerate(alive) if r not in finished]
+    if not keep:
+        return None
+    idx = torch.tensor(keep, device=rows.seq.device)
+    rows.keep_rows(idx)
+    sampler.keep_rows(keep)
+    return idx
 
 
 def _still_needed(block, mask_token_id, stop_ids):
@@ -188,35 +350,39 @@ def _still_needed(block, mask_token_id, stop_ids):
     return masked & (torch.arange(T, device=block.device)[None, :] < first_stop[:, None])
 
 
-def _filled(alive, transfer, tokens, offset):
+def _filled(alive, transfer, tokens, offsets):
     rows, cols = transfer.nonzero(as_tuple=True)
     filled: dict[int, list[tuple[int, int]]] = {}
     for i, j, t in zip(rows.tolist(), cols.tolist(), tokens[rows, cols].tolist()):
-        filled.setdefault(alive[i], []).append((offset + j, t))
+        filled.setdefault(alive[i], []).append((offsets[i] + j, t))
     return filled
 
 
 def run(model, prompts: list[list[int]], settings: DecodeSettings, *, trace: bool = False,
         on_event: Callable[[Step | Emit], None] | None = None, **kw) -> Result:
     """Run `decode` to the end and collect tokens, finish reasons, counters (and the trace)."""
+    res = Result([[] for _ in prompts], ["length"] * len(prompts), [len(p) for p in prompts])
     steps: list[Step] = []
-    forwards = 0
-    reasons = ["length"] * len(prompts)
-    tokens: list[list[int]] = [[] for _ in prompts]
     t0 = time.perf_counter()
     with torch.inference_mode():
         for ev in decode(model, prompts, settings, **kw):
             if isinstance(ev, Step):
-                forwards += 1
+                if ev.fused:
+                    res.fused += 1
+                else:
+                    res.forwards += 1
+                for checked, accepted in ev.drafted.values():
+                    res.drafted += checked
+                    res.accepted += accepted
                 if trace:
                     steps.append(ev)
             else:
                 for r, toks in ev.tokens.items():
-                    tokens[r].extend(toks)
-                reasons_update = ev.finished
-                for r, why in reasons_update.items():
-                    reasons[r] = why
+                    res.tokens[r].extend(toks)
+                for r, why in ev.finished.items():
+                    res.finish_reasons[r] = why
             if on_event is not None:
                 on_event(ev)
-    return Result(tokens, reasons, [len(p) for p in prompts], forwards,
-                  time.perf_counter() - t0, steps if trace else None)
+    res.seconds = time.perf_counter() - t0
+    res.trace = steps if trace else None
+    return res

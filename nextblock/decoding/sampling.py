@@ -65,6 +65,29 @@ class Sampler:
             tokens[r] = (probs[r] / noise).argmax(dim=-1)  # exponential race = categorical
         return tokens
 
+    def accept_point_draft(self, p: torch.Tensor, draft: torch.Tensor | None,
+                           rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speculative sampling against a deterministic draft (verified mode). p: [B, V] the
+        target distribution; draft: [B] proposed ids (None: nothing proposed, just sample).
+        For each row in `rows`: accept with probability p(draft); otherwise draw from p with
+        the draft removed. Returns (accepted [B], the drawn token [B])."""
+        accepted = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
+        choice = p.argmax(-1)
+        for r in rows.nonzero().squeeze(1).tolist():
+            g = self.generators[r]
+            q = p[r]
+            if draft is not None:
+                d = int(draft[r])
+                u = torch.rand((), generator=g, device=p.device)
+                if bool(u < q[d]):
+                    accepted[r], choice[r] = True, d
+                    continue
+                q = q.clone()
+                q[d] = 0.0
+            noise = torch.empty_like(q).exponential_(1.0, generator=g)
+            choice[r] = (q / noise).argmax()
+        return accepted, choice
+
 
 def confidence(probs: torch.Tensor, tokens: torch.Tensor, measure: str) -> torch.Tensor:
     """How sure the model is at each position [B, T]: `prob` of the chosen token, `margin`

@@ -59,8 +59,12 @@ class Replay:
         if filled is None:  # this row is no longer in the batch
             return
         if st.block != self.block:  # prefill / commit: a new block starts with its anchor
-            self.committed += [t for t in self.cells if t is not None]
-            self.block, self.start, self.cells = st.block, st.start, [None] * st.size
+            cells = self.cells
+            if st.kind == "verify":  # only the verified prefix of the draft stays
+                cells = cells[:st.drafted[self.row][1] + 1]
+            self.committed += [t for t in cells if t is not None]
+            self.block, self.start = st.block, len(self.committed)
+            self.cells = [None] * st.size
         for i, tok in filled:
             j = i - self.start
             if 0 <= j < len(self.cells):

@@ -91,15 +91,19 @@ GRID = [
 ]
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("kw", GRID)
-def test_cached_block_decoding_equals_full_recomputation(kw):
+def test_cached_block_decoding_equals_full_recomputation(kw, fused):
+    """Fused commit changes nothing but the forward count: a kept fused step is a denoise
+    step that rode along with the previous commit."""
     model = tiny_model("llama", seed=3)
-    s = settings(mode="block", max_new_tokens=19, **kw)  # 19: not a multiple of B
+    s = settings(mode="block", max_new_tokens=19, fused_commit=fused, **kw)  # 19: not k*B
     for prompt in random_prompts([5, 11], seed=2):
         res = run(model, [prompt], s, mask_token_id=MASK)
         ref, ref_forwards = reference_decode(model, prompt, s)
         assert res.tokens[0] == ref
-        assert len(ref) == 19 and res.forwards == ref_forwards
+        assert len(ref) == 19 and res.forwards + res.fused == ref_forwards
+        assert res.fused == 0 or fused
 
 
 def test_cached_block_decoding_stops_like_reference():
@@ -130,6 +134,7 @@ def test_block_size_one_equals_ar():
     dict(mode="block", block_size=4, threshold=0.9),
     dict(mode="block", block_size=8, sub_block=4, threshold=0.6),
     dict(mode="block", block_size=4, threshold=0.5, temperature=1.0, top_k=30, seed=11),
+    dict(mode="block", block_size=4, threshold=0.0, fused_commit=True),
 ])
 def test_batch_equals_single(kw):
     model = tiny_model("llama", seed=7)
@@ -148,8 +153,10 @@ def test_batch_equals_single(kw):
 def test_block_mode_fills_several_tokens_per_forward_at_low_threshold():
     model = tiny_model("llama")
     prompt = random_prompts([6])[0]
-    s1 = settings(mode="block", block_size=8, threshold=1.0, max_new_tokens=32)
-    s0 = settings(mode="block", block_size=8, threshold=0.0, max_new_tokens=32)
+    s1 = settings(mode="block", block_size=8, threshold=1.0, max_new_tokens=32,
+                  fused_commit=False)
+    s0 = settings(mode="block", block_size=8, threshold=0.0, max_new_tokens=32,
+                  fused_commit=False)
     one = run(model, [prompt], s1, mask_token_id=MASK)
     fast = run(model, [prompt], s0, mask_token_id=MASK)
     # threshold 1.0: one token per denoise step -> 7 steps + 1 causal pass per block
@@ -168,7 +175,8 @@ def test_events_trace_and_emits_are_consistent():
     steps = [e for e in events if isinstance(e, Step)]
     emits = [e for e in events if isinstance(e, Emit)]
     res = run(model, prompts, s, mask_token_id=MASK, trace=True)
-    assert [st.kind for st in steps][0] == "prefill" and len(steps) == res.forwards
+    assert [st.kind for st in steps][0] == "prefill"
+    assert len(steps) == res.forwards + res.fused
     for row in range(2):
         filled = {}
         for st in res.trace:
