@@ -19,13 +19,14 @@ def _add_model_args(p):
     p.add_argument("--model", default=None, help="default | HF directory | .gguf file")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 linear layers (CPU)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model directory's own Python code (off by default)")
 
 
 def _add_decode_args(p):
     g = p.add_argument_group("decoding (defaults: the model's recommended settings)")
-    g.add_argument("--mode", choices=["ar", "block"])
+    g.add_argument("--mode", choices=["ar", "block", "verified"])
     g.add_argument("--block-size", type=int)
     g.add_argument("--sub-block", type=int)
     g.add_argument("--threshold", type=float)
@@ -37,12 +38,14 @@ def _add_decode_args(p):
     g.add_argument("--repetition-penalty", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--fused-commit", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each commit together with the next block's first step")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
 
 
 def _overrides(args) -> dict:
     names = ["mode", "block_size", "sub_block", "threshold", "confidence", "max_new_tokens",
-             "temperature", "top_p", "top_k", "repetition_penalty", "seed"]
+             "temperature", "top_p", "top_k", "repetition_penalty", "seed", "fused_commit"]
     kw = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.stop:
         kw["stop"] = tuple(args.stop)
@@ -53,16 +56,17 @@ def _load(args):
     from .loading import load
 
     return load(args.model, dtype=args.dtype, device=args.device,
-                trust_remote_code=args.trust_remote_code)
+                trust_remote_code=args.trust_remote_code, quantize=args.quantize)
 
 
 def _summary(gen) -> str:
     s = gen.settings
     mode = "ar" if s.mode == "ar" else (
-        f"block B={s.block_size} sub={s.effective_sub_block} thr={s.threshold}")
+        f"{s.mode} B={s.block_size} sub={s.effective_sub_block} thr={s.threshold}")
     rate = gen.new_tokens / gen.seconds if gen.seconds > 0 else 0.0
+    extra = f", {gen.accepted}/{gen.drafted} drafts accepted" if s.mode == "verified" else ""
     return (f"[{mode}] {gen.new_tokens} tokens, {gen.forwards} forwards, "
-            f"{gen.tokens_per_forward:.2f} tokens/forward, {rate:.1f} tokens/s")
+            f"{gen.tokens_per_forward:.2f} tokens/forward, {rate:.1f} tokens/s{extra}")
 
 
 def _record(lm, gen, i) -> dict:
@@ -71,6 +75,7 @@ def _record(lm, gen, i) -> dict:
         "text": c.text, "tokens": c.tokens, "new_tokens": len(c.tokens),
         "prompt_tokens": c.prompt_tokens, "finish_reason": c.finish_reason,
         "forwards": gen.forwards, "seconds": round(gen.seconds, 4),
+        "fused_forwards_saved": gen.fused, "drafted": gen.drafted, "accepted": gen.accepted,
         "tokens_per_forward": round(gen.tokens_per_forward, 4),
         "mode": gen.settings.mode, "mask_token_id": lm.config.mask_token_id,
         "settings": dataclasses.asdict(gen.settings), "model": lm.name,
@@ -98,25 +103,16 @@ def cmd_generate(args) -> int:
     elif not args.json and len(prompts) == 1:  # stream the text as blocks commit
         import time
 
-        from .decoding.loop import Emit
-        from .lm import Completion, Generation
+        from .decoding.loop import Result
 
         s = lm.settings(**kw)  # validate before printing anything
-        seen = {"forwards": 0, "tokens": [], "why": "length"}
-
-        def count(ev):
-            if isinstance(ev, Emit):
-                seen["tokens"] += ev.tokens.get(0, [])
-                seen["why"] = ev.finished.get(0, seen["why"])
-            else:
-                seen["forwards"] += 1
-
+        res = Result.empty([[]])
         t0 = time.perf_counter()
-        for piece in lm.stream(prompts[0], chat=chat, on_event=count, **kw):
+        for piece in lm.stream(prompts[0], chat=chat, on_event=res.add, **kw):
             print(piece, end="", flush=True)
         print()
-        done = Completion("", seen["tokens"], seen["why"], 0)
-        gen = Generation([done], s, seen["forwards"], time.perf_counter() - t0)
+        res.seconds = time.perf_counter() - t0
+        gen = lm.generation(res, s)
         print(_summary(gen), file=sys.stderr)
         return 0
     else:

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from . import text as textlib
 from .config import BlockConfig, DecodeSettings
-from .decoding.loop import Emit, Step, decode, run
+from .decoding.loop import Emit, Result, Step, decode, run
 from .errors import InputError
 from .modeling import context_limit
 
@@ -37,6 +37,9 @@ class Generation:
     seconds: float
     trace: list[Step] | None = None
     prompts: list[list[int]] = field(default_factory=list)
+    fused: int = 0  # forwards the fused commit saved
+    drafted: int = 0  # verified mode: drafted tokens checked / accepted
+    accepted: int = 0
 
     @property
     def text(self) -> str:
@@ -61,6 +64,7 @@ class NextBlockModel:
     tokenizer: object
     config: BlockConfig
     name: str = "model"
+    quantization: str | None = None  # "int8" after nextblock.load(..., quantize="int8")
 
     @property
     def context_length(self) -> int:
@@ -109,10 +113,15 @@ class NextBlockModel:
         are DecodeSettings fields: mode, block_size, sub_block, threshold, temperature, ..."""
         ids, s, kw = self._prepare(prompts, chat, settings, overrides)
         res = run(self.model, ids, s, trace=trace, on_event=on_event, **kw)
+        return self.generation(res, s, ids)
+
+    def generation(self, res: Result, s: DecodeSettings, ids=()) -> Generation:
+        """A loop Result as text completions with their counters."""
         completions = [
             Completion(textlib.final_text(self.tokenizer, toks, s.stop), toks, why, n)
             for toks, why, n in zip(res.tokens, res.finish_reasons, res.prompt_tokens)]
-        return Generation(completions, s, res.forwards, res.seconds, res.trace, ids)
+        return Generation(completions, s, res.forwards, res.seconds, res.trace, list(ids),
+                          res.fused, res.drafted, res.accepted)
 
     def stream(self, prompt, *, chat: bool | None = None, settings: DecodeSettings | None = None,
                on_event: Callable[[Step | Emit], None] | None = None,
@@ -133,6 +142,9 @@ class NextBlockModel:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face directory (safetensors) with nextblock.json beside it."""
+        if self.quantization:
+            raise InputError(f"cannot save a {self.quantization}-quantized model; load it "
+                             "without quantize= to save it")
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)

@@ -30,6 +30,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quantize", choices=["int8"], help="int8 linear layers: ~2.5x faster on "
+                   "a CPU, answers close to (not identical with) float32's")
     args = p.parse_args(argv)
     if "test" in Path(args.questions).name:
         raise SystemExit("refusing to distill from a test split")
@@ -43,7 +45,7 @@ def main(argv=None):
     if out.exists():
         done = {json.loads(line)["messages"][0]["content"] for line in open(out)}
     todo = [q for q in questions if q not in done]
-    lm = nextblock.load(args.model)
+    lm = nextblock.load(args.model, quantize=args.quantize)
     t0, tokens = time.perf_counter(), 0
     with open(out, "a") as f:
         for i in range(0, len(todo), args.batch):

@@ -73,6 +73,30 @@ class Result:
     def new_tokens(self) -> int:
         return sum(len(t) for t in self.tokens)
 
+    def add(self, ev: "Step | Emit", keep_trace: bool = False) -> None:
+        """Account for one event of `decode` (run() does this; so can a streaming caller)."""
+        if isinstance(ev, Step):
+            if ev.fused:
+                self.fused += 1
+            else:
+                self.forwards += 1
+            for checked, accepted in ev.drafted.values():
+                self.drafted += checked
+                self.accepted += accepted
+            if keep_trace:
+                if self.trace is None:
+                    self.trace = []
+                self.trace.append(ev)
+        else:
+            for r, toks in ev.tokens.items():
+                self.tokens[r].extend(toks)
+            for r, why in ev.finished.items():
+                self.finish_reasons[r] = why
+
+    @classmethod
+    def empty(cls, prompts: list[list[int]]) -> "Result":
+        return cls([[] for _ in prompts], ["length"] * len(prompts), [len(p) for p in prompts])
+
 
 StopFn = Callable[[int, list[int]], "int | None"]  # (row, generated so far) -> tokens to keep
 
@@ -361,28 +385,14 @@ def _filled(alive, transfer, tokens, offsets):
 def run(model, prompts: list[list[int]], settings: DecodeSettings, *, trace: bool = False,
         on_event: Callable[[Step | Emit], None] | None = None, **kw) -> Result:
     """Run `decode` to the end and collect tokens, finish reasons, counters (and the trace)."""
-    res = Result([[] for _ in prompts], ["length"] * len(prompts), [len(p) for p in prompts])
-    steps: list[Step] = []
+    res = Result.empty(prompts)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for ev in decode(model, prompts, settings, **kw):
-            if isinstance(ev, Step):
-                if ev.fused:
-                    res.fused += 1
-                else:
-                    res.forwards += 1
-                for checked, accepted in ev.drafted.values():
-                    res.drafted += checked
-                    res.accepted += accepted
-                if trace:
-                    steps.append(ev)
-            else:
-                for r, toks in ev.tokens.items():
-                    res.tokens[r].extend(toks)
-                for r, why in ev.finished.items():
-                    res.finish_reasons[r] = why
+            res.add(ev, keep_trace=trace)
             if on_event is not None:
                 on_event(ev)
     res.seconds = time.perf_counter() - t0
-    res.trace = steps if trace else None
+    if trace and res.trace is None:
+        res.trace = []
     return res
