@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from .errors import NextBlockError
 
@@ -167,6 +168,42 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+    from rich.console import Console
+
+    from . import bench as B
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = _load(args)
+    prompts = B.load_prompts(args.prompts)[:args.limit]
+    floats = lambda v: [float(x) for x in v.split(",")]  # noqa: E731
+    rows = B.grid(lm, [m.strip() for m in args.modes.split(",")],
+                  block_sizes=[int(x) for x in args.block_sizes.split(",")]
+                  if args.block_sizes else None,
+                  thresholds=floats(args.thresholds) if args.thresholds
+                  else B.BLOCK_THRESHOLDS,
+                  sub_blocks=[None if x == "full" else int(x) for x in args.sub_blocks.split(",")]
+                  if args.sub_blocks else B.SUB_BLOCKS)
+    title = (f"{lm.name} | {args.dtype}{' + int8 linears' if lm.quantization else ''} | "
+             f"{torch.get_num_threads()} threads | {len(prompts)} prompts | "
+             f"{args.max_new_tokens} new tokens max | median of {args.repeats}")
+    console = Console(stderr=True)
+    console.print(f"bench: {len(rows)} settings; {title}")
+    done = lambda r: console.print(f"  {r.label}: {r.tokens_per_s:.1f} tok/s, "  # noqa: E731
+                                   f"{r.tokens_per_forward:.2f} tok/fwd")
+    B.bench(lm, prompts, rows, args.max_new_tokens, args.repeats,
+            chat=False if args.no_chat else None, progress=done)
+    Console(width=max(Console().width, 132)).print(B.table(rows, title))
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.record() for r in rows], indent=1) + "\n")
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        console.print(f"wrote {B.plot(rows, args.plot, title)}")
+    return 0
+
+
 def cmd_adapt(args) -> int:
     from .training.trainer import AdaptConfig, adapt
 
@@ -228,6 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_decode_args(p)
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("bench", help="decode speed and agreement: transformers, AR, block, "
+                       "verified, one run")
+    _add_model_args(p)
+    p.add_argument("--prompts", help="file: one prompt per line (default: the shipped set)")
+    p.add_argument("--limit", type=int, help="use the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--modes", default="transformers,ar,block,verified")
+    p.add_argument("--block-sizes", help="block grid sizes, e.g. 4,8 (default: the model's)")
+    p.add_argument("--thresholds", help="block grid thresholds (default 0.5,...,1.0)")
+    p.add_argument("--sub-blocks", help="block grid sub-blocks, e.g. 4,8,full")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.add_argument("--json", help="write the rows as JSON")
+    p.add_argument("--plot", help="write the speed / agreement frontier as PNG")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("adapt", help="continued training into a block-diffusion model")
     p.add_argument("--config", help="JSON file of AdaptConfig settings (flags override it)")

@@ -1,0 +1,267 @@
+"""Decode benchmark: `transformers` generate, nextblock AR, block mode over a grid and
+verified mode, on one model, one prompt set, one dtype and one thread count, in one run.
+
+    nextblock bench --quantize int8 --json bench.json --plot frontier.png
+    python bench/decode.py --modes ar,verified --max-new-tokens 64 --repeats 1
+
+Counting rules (what makes the numbers comparable):
+- only generated tokens count (the stop token included, as `transformers` counts it); prompt
+  tokens never do, and prefill time is part of the measured time of every row alike;
+- prompts run one at a time (batch 1), in the same order, with the same stop tokens;
+- each row starts with an untimed warm-up generation, then runs the whole prompt set
+  `repeats` times; tokens/s is the median over repeats of (tokens of the set / its seconds);
+- agreement compares greedy outputs with nextblock AR's: exact match (whole completion)
+  and token match (same token at the same position, over AR's tokens);
+- peak memory is the process's peak resident set (CPU; reset per row on Linux) or the peak
+  allocated CUDA memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .config import DecodeSettings
+from .decoding.loop import run
+from .errors import InputError
+
+BLOCK_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
+SUB_BLOCKS = (4, 8, None)  # None: the full block
+VERIFIED_GRID = ((2, 0.0), (4, 0.0), (4, 0.9), (8, 0.0))  # (block size, draft threshold)
+MODES = ("transformers", "ar", "block", "verified")
+
+
+@dataclass
+class Row:
+    mode: str
+    settings: dict
+    tokens_per_s: float = 0.0
+    tokens: int = 0  # generated tokens of one pass over the prompt set
+    forwards: int = 0
+    fused_saved: int = 0
+    peak_mem_mb: float = 0.0
+    seconds: list[float] = field(default_factory=list)  # per repeat
+    outputs: list[list[int]] = field(default_factory=list)
+    speedup_vs_ar: float | None = None
+    speedup_vs_transformers: float | None = None
+    exact_match_vs_ar: float | None = None
+    token_match_vs_ar: float | None = None
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / max(1, self.forwards)
+
+    @property
+    def label(self) -> str:
+        s = self.settings
+        if self.mode in ("transformers", "ar"):
+            return self.mode
+        sub = s.get("sub_block") or s["block_size"]
+        return f"{self.mode} B={s['block_size']} sub={sub} thr={s['threshold']}"
+
+    def record(self) -> dict:
+        keys = ("mode", "settings", "tokens_per_s", "forwards", "tokens_per_forward",
+                "speedup_vs_ar", "speedup_vs_transformers", "exact_match_vs_ar",
+                "token_match_vs_ar", "peak_mem_mb", "tokens", "fused_saved", "seconds")
+        return {k: getattr(self, k) for k in keys}
+
+
+def load_prompts(path: str | os.PathLike | None = None) -> list[str]:
+    """The shipped prompt set (chat, code, math), or a user's file: one prompt per line, or
+    JSON lines with a "prompt" field."""
+    if path is None:
+        text = resources.files("nextblock").joinpath("assets/bench_prompts.jsonl").read_text()
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise InputError(f"--prompts {path}: cannot read ({e.strerror})") from None
+    prompts = []
+    for line in text.splitlines():
+        if line.strip():
+            prompts.append(json.loads(line)["prompt"] if line.lstrip().startswith("{")
+                           else line.strip())
+    if not prompts:
+        raise InputError(f"--prompts {path}: no prompts in the file")
+    return prompts
+
+
+def grid(lm, modes=MODES, block_sizes=None, thresholds=BLOCK_THRESHOLDS,
+         sub_blocks=SUB_BLOCKS, verified=VERIFIED_GRID) -> list[Row]:
+    """The rows to measure: baselines first, then the block and verified grids."""
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise InputError(f"--modes: unknown mode(s) {', '.join(unknown)}; expected "
+                         f"{', '.join(MODES)}")
+    rows = []
+    if "transformers" in modes:
+        rows.append(Row("transformers", {"mode": "ar"}))
+    rows.append(Row("ar", {"mode": "ar"}))  # always: the reference for agreement
+    for B in block_sizes or [lm.settings().block_size]:
+        if "block" not in modes:
+            break
+        for sub in sub_blocks:
+            if sub is not None and (sub >= B or B % sub):
+                continue
+            for thr in thresholds:
+                rows.append(Row("block", {"mode": "block", "block_size": B,
+                                          "sub_block": sub, "threshold": thr}))
+    if "verified" in modes:
+        for B, thr in verified:
+            rows.append(Row("verified", {"mode": "verified", "block_size": B,
+                                         "threshold": thr}))
+    return rows
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: "5" resets the peak resident set size of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _runner(lm, row: Row, max_new_tokens: int):
+    """A function prompt ids -> (generated ids, forwards, fused forwards saved)."""
+    stop = lm.stop_token_ids
+    if row.mode == "transformers":
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else stop[0]
+
+        def hf(ids):
+            x = torch.tensor([ids], device=next(lm.model.parameters()).device)
+            out = lm.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                                    max_new_tokens=max_new_tokens, eos_token_id=stop,
+                                    pad_token_id=pad, suppress_tokens=[lm.config.mask_token_id],
+                                    temperature=None, top_p=None, top_k=None)
+            toks = out[0, len(ids):].tolist()
+            return toks, len(toks), 0
+        return hf
+    s = DecodeSettings(max_new_tokens=max_new_tokens, **row.settings).validated()
+
+    def nb(ids):
+        res = run(lm.model, [ids], s, mask_token_id=lm.config.mask_token_id,
+                  stop_token_ids=stop, max_context=lm.context_length)
+        return res.tokens[0], res.forwards, res.fused
+    return nb
+
+
+def measure(lm, row: Row, prompt_ids: list[list[int]], max_new_tokens: int,
+            repeats: int) -> Row:
+    fn = _runner(lm, row, max_new_tokens)
+    with torch.inference_mode():
+        fn(prompt_ids[0])  # warm-up, not timed
+        _reset_peak()
+        rates = []
+        for _ in range(repeats):
+            outputs, forwards, fused = [], 0, 0
+            t0 = time.perf_counter()
+            for ids in prompt_ids:
+                toks, f, saved = fn(ids)
+                outputs.append(toks)
+                forwards, fused = forwards + f, fused + saved
+            dt = time.perf_counter() - t0
+            row.seconds.append(round(dt, 3))
+            tokens = sum(len(t) for t in outputs)
+            rates.append(tokens / dt)
+    row.tokens_per_s = statistics.median(rates)
+    row.tokens, row.forwards, row.fused_saved, row.outputs = tokens, forwards, fused, outputs
+    row.peak_mem_mb = round(_peak_mb(), 1)
+    return row
+
+
+def compare(rows: list[Row]) -> None:
+    """Fill the speed-up and agreement columns from the AR and transformers rows."""
+    ar = next(r for r in rows if r.mode == "ar")
+    hf = next((r for r in rows if r.mode == "transformers"), None)
+    for r in rows:
+        r.speedup_vs_ar = r.tokens_per_s / ar.tokens_per_s
+        if hf is not None:
+            r.speedup_vs_transformers = r.tokens_per_s / hf.tokens_per_s
+        same = [a == b for a, b in zip(r.outputs, ar.outputs)]
+        r.exact_match_vs_ar = sum(same) / len(same)
+        matched = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(r.outputs, ar.outputs))
+        r.token_match_vs_ar = matched / max(1, sum(len(a) for a in ar.outputs))
+
+
+def table(rows: list[Row], title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("setting", "tok/s", "fwd", "tok/fwd", "fused", "x AR", "x HF", "exact",
+                "token", "peak MB"):
+        t.add_column(col, justify="left" if col == "setting" else "right")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        t.add_row(r.label, f"{r.tokens_per_s:.1f}", str(r.forwards),
+                  f"{r.tokens_per_forward:.2f}", str(r.fused_saved),
+                  fmt(r.speedup_vs_ar, ".2f"), fmt(r.speedup_vs_transformers, ".2f"),
+                  fmt(r.exact_match_vs_ar, ".2f"), fmt(r.token_match_vs_ar, ".2f"),
+                  f"{r.peak_mem_mb:.0f}")
+    return t
+
+
+def plot(rows: list[Row], path: str | os.PathLike, title: str) -> Path:
+    """Speed-up over AR against token agreement with AR, one point per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colors = {"transformers": "tab:grey", "ar": "black", "block": "tab:blue",
+              "verified": "tab:green"}
+    for mode in MODES:
+        pts = [r for r in rows if r.mode == mode]
+        if pts:
+            ax.scatter([r.token_match_vs_ar for r in pts], [r.speedup_vs_ar for r in pts],
+                       color=colors[mode], label=mode)
+    for r in rows:
+        if r.mode in ("block", "verified"):
+            s = r.settings
+            ax.annotate(f"B{s['block_size']}/{s.get('sub_block') or s['block_size']}/"
+                        f"{s['threshold']}", (r.token_match_vs_ar, r.speedup_vs_ar),
+                        fontsize=6, xytext=(3, 2), textcoords="offset points")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("token agreement with AR greedy")
+    ax.set_ylabel("generated tokens/s, x nextblock AR")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def bench(lm, prompts: list[str], rows: list[Row], max_new_tokens: int = 128,
+          repeats: int = 3, chat: bool | None = None, progress=None) -> list[Row]:
+    """Measure every row on the same prompts; returns them with comparisons filled in."""
+    if repeats < 1 or max_new_tokens < 1:
+        raise InputError("repeats and max_new_tokens must be >= 1")
+    ids = [lm.encode(p, chat) for p in prompts]
+    for r in rows:
+        measure(lm, r, ids, max_new_tokens, repeats)
+        if progress is not None:
+            progress(r)
+    compare(rows)
+    return rows
