@@ -182,7 +182,7 @@ def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "f
          device: str | None = None, trust_remote_code: bool = False,
          quantize: str | None = None):
     """Load a model spec (see module doc); returns a NextBlockModel. `quantize="int8"`:
-    dynamic int8 quantization of every linear layer (CPU inference only)."""
+    int8 linear layers with per-token activation scales (nextblock.quant; CPU only)."""
     if quantize is not None:
         if quantize not in QUANTIZATIONS:
             raise ConfigError(f"invalid quantize={quantize!r}: expected one of "
@@ -190,7 +190,10 @@ def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "f
         if (device or "cpu") != "cpu" or dtype not in ("float32", torch.float32):
             raise ConfigError("quantize='int8' needs a float32 model on the CPU")
         lm = load(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        quantize_int8(lm)
+        from .quant import quantize_int8
+
+        lm.model = quantize_int8(lm.model)
+        lm.quantization = quantize
         return lm
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -240,16 +243,3 @@ def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "f
     model.eval()
     return NextBlockModel(model=model, tokenizer=tokenizer, config=cfg, name=name)
 
-
-def quantize_int8(lm) -> None:
-    """Dynamic int8 quantization of the linear layers, in place (weights int8 per channel,
-    activations quantized on the fly). On a CPU a forward reads a quarter of the bytes;
-    `bench/decode.py --quantize int8` measures what it gains and what it changes."""
-    import warnings
-
-    with warnings.catch_warnings():  # torch.ao's deprecation notices are not the user's
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        lm.model = quantize_dynamic(lm.model, {torch.nn.Linear}, dtype=torch.qint8)
-    lm.quantization = "int8"

@@ -5,6 +5,8 @@ would write, which is far more predictable than human-written targets (adaptatio
 
     python scripts/distill.py --questions ../shared/data/gsm8k/train.jsonl \
         --out runs/distill/gsm8k_train.jsonl --limit 1200 --batch 16
+    python scripts/distill.py --questions ../shared/data/mbpp/mbpp.jsonl \
+        --out runs/distill/mbpp_train.jsonl        # MBPP: train split (601-974) only
 
 Appends to --out and skips questions already answered, so it can be stopped and resumed.
 Only answers that end with the end-of-sequence token are kept. Never use a test split here.
@@ -36,7 +38,11 @@ def main(argv=None):
     if "test" in Path(args.questions).name:
         raise SystemExit("refusing to distill from a test split")
 
-    questions = [json.loads(line)["question"] for line in open(args.questions)]
+    records = [json.loads(line) for line in open(args.questions)]
+    if Path(args.questions).name == "mbpp.jsonl":  # only MBPP's train split, task ids 601-974
+        questions = [r["text"] for r in records if 601 <= r["task_id"] <= 974]
+    else:
+        questions = [r["question"] for r in records]
     random.Random(args.seed).shuffle(questions)
     questions = questions[:args.limit]
     out = Path(args.out)
