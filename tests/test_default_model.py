@@ -61,3 +61,19 @@ def test_default_is_the_shipped_adapter(default_lm):
     # the adapter changed the weights: the mask embedding is no longer the mean row
     emb = default_lm.model.get_input_embeddings().weight
     assert not torch.allclose(emb[default_lm.config.mask_token_id], emb[:-1].mean(0))
+
+
+def test_verified_equals_ar_on_default_model(default_lm):
+    """Lossless on the real model: same tokens as AR for batches and several block sizes,
+    with drafts actually accepted (fewer forwards than AR)."""
+    ar = default_lm.generate(PROMPTS, mode="ar", max_new_tokens=32)
+    saved = 0
+    for kw in (dict(block_size=4, threshold=0.0), dict(block_size=8, threshold=0.5),
+               dict(block_size=2, threshold=0.9, fused_commit=False)):
+        ver = default_lm.generate(PROMPTS, mode="verified", max_new_tokens=32, **kw)
+        assert [c.tokens for c in ver.completions] == [c.tokens for c in ar.completions], kw
+        saved += ver.accepted
+    single = default_lm.generate(PROMPTS[0], mode="verified", block_size=4, threshold=0.0,
+                                 max_new_tokens=32)
+    assert single.tokens == ar.completions[0].tokens
+    assert saved > 0 and single.forwards < len(single.tokens)
