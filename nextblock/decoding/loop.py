@@ -120,12 +120,15 @@ class Rows:
         self.cols = 0
         self.steps = torch.arange(capacity, device=dev)
 
-    def mask(self, T: int, causal: bool, noisy_from: int | None = None) -> torch.Tensor:
-        """Mask for a chunk of T columns after the stored ones (built once per chunk shape)."""
+    def mask(self, T: int, causal: bool, noisy_from: int | None = None,
+             lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask for a chunk of T columns after the stored ones (built once per chunk shape).
+        `lengths[r]` < T: row r's block is shorter (its last one); the rest is not its key."""
         if self.cols + T > self.cache.max_len:
             self._grow(self.cols + T)
         if self.cols:  # generated columns are real keys (the prompt sets its own)
-            self.valid[:, self.cols:self.cols + T] = True
+            chunk = self.valid[:, self.cols:self.cols + T]
+            chunk[:] = True if lengths is None else self.steps[None, :T] < lengths[:, None]
         return masks.decode_mask(self.valid[:, :self.cols + T], self.cols, T, causal,
                                  noisy_from)
 
@@ -162,6 +165,42 @@ class Rows:
         self.cache.keep_rows(idx)
         self.seq, self.valid, self.pos = self.seq[idx], self.valid[idx], self.pos[idx]
 
+    def merge(self, other: "Rows") -> None:
+        """Append another batch's rows (just prefilled), right-aligning the stored columns:
+        the shorter side gets left padding (columns that are never keys)."""
+        if other.cols > self.cols:
+            self._shift(other.cols - self.cols)
+        off, oc = self.cols - other.cols, other.cols
+        need = max(self.cache.max_len, off + other.cache.max_len)
+        if need > self.cache.max_len:
+            self._grow(need)
+        cap = self.cache.max_len
+        n2 = other.seq.shape[0]
+        for name in ("k", "v"):
+            mine, theirs = getattr(self.cache, name), getattr(other.cache, name)
+            extra = mine.new_zeros(mine.shape[:1] + (n2,) + mine.shape[2:])
+            extra[:, :, :, off:off + oc] = theirs[:, :, :, :oc]
+            setattr(self.cache, name, torch.cat([mine, extra], dim=1))
+        seq = self.seq.new_full((n2, cap), self.mask_token_id)
+        seq[:, off:off + oc] = other.seq[:, :oc]
+        valid = self.valid.new_zeros((n2, cap))
+        valid[:, off:off + oc] = other.valid[:, :oc]
+        self.seq, self.valid = torch.cat([self.seq, seq]), torch.cat([self.valid, valid])
+        self.pos = torch.cat([self.pos, other.pos])
+
+    def _shift(self, d: int) -> None:
+        """Move every stored column d places right (d columns of left padding)."""
+        if self.cols + d > self.cache.max_len:
+            self._grow(self.cols + d)
+        c = self.cols
+        for t in (self.cache.k, self.cache.v):
+            t[:, :, :, d:d + c] = t[:, :, :, :c].clone()
+        self.seq[:, d:d + c] = self.seq[:, :c].clone()
+        self.valid[:, d:d + c] = self.valid[:, :c].clone()
+        self.seq[:, :d], self.valid[:, :d] = self.mask_token_id, False
+        self.cols += d
+        self.cache.length = self.cols
+
     def _grow(self, need: int) -> None:
         size = max(need, 2 * self.cache.max_len)
         self.cache.grow(size)
@@ -173,47 +212,106 @@ class Rows:
         self.steps = torch.arange(size, device=self.seq.device)
 
 
+@dataclass
+class Request:
+    """A row to decode: its id (used in every event), prompt ids, budget and seed."""
+
+    id: int
+    prompt: list[int]
+    max_new_tokens: int
+    seed: int | None = None
+
+
+Admit = Callable[[], "tuple[list[Request], set[int]]"]  # -> (rows to add, row ids to cancel)
+
+
 def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_token_id: int,
            stop_token_ids=(), seeds: list[int | None] | None = None,
-           stop_fn: StopFn | None = None, max_context: int | None = None
+           stop_fn: StopFn | None = None, max_context: int | None = None,
+           max_new: list[int] | None = None, admit: Admit | None = None
            ) -> Iterator[Step | Emit]:
     """Yield a Step per forward pass and an Emit per finished block. Inputs are validated
-    by the caller (nextblock.lm); `max_context` caps prompt + generated positions."""
+    by the caller (nextblock.lm); `max_context` caps prompt + generated positions; `max_new`
+    gives per-row budgets (default: settings.max_new_tokens). `admit`, called at every block
+    boundary, lets rows join the running batch (prefilled, then right-aligned with it) and
+    leave it ("cancelled"): continuous batching for the server."""
     s = settings
     B = s.effective_block_size
     verified, fuse = s.mode == "verified", s.fused_commit and B > 1
-    P = max(len(p) for p in prompts)
-    max_new = s.max_new_tokens if max_context is None else min(s.max_new_tokens, max_context - P)
-    rows = Rows(model, prompts, P + max_new + 2 * B, mask_token_id)
-    dev = rows.seq.device
-    stop_ids = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=dev)
     history = s.repetition_penalty != 1.0
-    sampler = Sampler(s, mask_token_id, seeds or [s.seed] * len(prompts))
     policy = policy_for(s)
-    alive = list(range(len(prompts)))  # original row index of each batch row
-    out: list[list[int]] = [[] for _ in prompts]
+    stop_ids = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long)
+    budget: dict[int, int] = {}
+    out: dict[int, list[int]] = {}
+    alive: list[int] = []  # row id of each batch row
+    rows: Rows | None = None
+    sampler: Sampler | None = None
+    anchor = None
+    block_index, ahead = 0, None  # ahead: the next block's first denoise logits (fused)
 
     def process(logits, block):  # processed distribution of a forward over `block`
         return sampler.probs(logits, rows.history(block) if history else None)
 
-    prompt = torch.tensor([[p[0]] * (P - len(p)) + p for p in prompts], device=dev)
-    logits = rows.forward(prompt, rows.mask(P, True), store=P, logits_from=P - 1)
-    anchor = sampler.choose(process(logits, None))[:, 0]
-    block_index, ahead = 0, None  # ahead: the next block's first denoise logits (fused)
-    yield Step("prefill", 0, 0, min(B, max_new),
-               {r: [(0, int(anchor[i]))] for i, r in enumerate(alive)})
+    def join(new: list[Request]) -> Step:
+        """Prefill new rows and add them to the batch; their anchors come from the prefill."""
+        nonlocal rows, sampler, anchor, alive
+        P = max(len(r.prompt) for r in new)
+        for r in new:
+            cap = r.max_new_tokens if max_context is None else max_context - len(r.prompt)
+            budget[r.id], out[r.id] = min(r.max_new_tokens, cap), []
+        part = Rows(model, [r.prompt for r in new], P + max(budget[r.id] for r in new) + 2 * B,
+                    mask_token_id)
+        smp = Sampler(s, mask_token_id, [r.seed for r in new])
+        ids = torch.tensor([[r.prompt[0]] * (P - len(r.prompt)) + r.prompt for r in new],
+                           device=part.seq.device)
+        logits = part.forward(ids, part.mask(P, True), store=P, logits_from=P - 1)
+        first = smp.choose(smp.probs(logits, part.history() if history else None))[:, 0]
+        if rows is None:
+            rows, sampler, anchor = part, smp, first
+        else:
+            rows.merge(part)
+            sampler.extend(smp)
+            anchor = torch.cat([anchor, first])
+        alive = alive + [r.id for r in new]
+        return Step("prefill", block_index, 0, min(B, max(budget[r.id] for r in new)),
+                    {r.id: [(0, int(first[i]))] for i, r in enumerate(new)})
+
+    n_rows = len(prompts)
+    yield join([Request(i, p, (max_new or [s.max_new_tokens] * n_rows)[i],
+                        (seeds or [s.seed] * n_rows)[i]) for i, p in enumerate(prompts)])
+    stop_ids = stop_ids.to(rows.seq.device)
 
     while True:
+        if admit is not None:  # block boundary: rows may leave and join
+            new, cancel = admit()
+            gone = {r: "cancelled" for r in alive if r in cancel}
+            if gone:
+                yield Emit({}, gone)
+                idx = _drop(gone, alive, rows, sampler)
+                if idx is None:
+                    alive, rows, ahead = [], None, None
+                elif idx is not False:
+                    anchor, alive = anchor[idx], [alive[i] for i in idx.tolist()]
+                    ahead = None
+            if new:
+                yield join(new)
+                ahead = None
+            if not alive:
+                return
         done = [len(out[r]) for r in alive]
-        b = min(B, max_new - min(done))
-        block = torch.full((len(alive), b), mask_token_id, dtype=torch.long, device=dev)
+        lens = torch.tensor([min(B, budget[r] - d) for r, d in zip(alive, done)],
+                            device=rows.seq.device)
+        b = int(lens.max())
+        ragged = None if int(lens.min()) == b else lens  # some rows end with a shorter block
+        block = torch.full((len(alive), b), mask_token_id, dtype=torch.long,
+                           device=rows.seq.device)
         block[:, 0] = anchor
         guess = None  # the last denoise step's choice for the token after the block
 
         if b > 1:  # denoise: peek at the cache, fill masks until the block is done
-            dmask = rows.mask(b, causal=False)
+            dmask = rows.mask(b, causal=False, lengths=ragged)
             while True:
-                need = _still_needed(block, mask_token_id, stop_ids)
+                need = _still_needed(block, mask_token_id, stop_ids, ragged)
                 rows_left = need.any(dim=1)
                 if not rows_left.any():
                     break
@@ -222,7 +320,9 @@ def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_to
                 ahead = None
                 probs = process(logits, block)  # position j predicts token j + 1
                 fill = probs[:, :-1]
-                draft = fill.argmax(-1) if verified else sampler.choose(fill, draw=rows_left)
+                draft = fill.argmax(-1) if verified else sampler.choose(
+                    fill, draw=rows_left, sizes=None if ragged is None else
+                    [max(0, n - 1) for n in ragged.tolist()])
                 tokens = torch.cat([block[:, :1], draft], dim=1)
                 conf = confidence(fill, draft, policy.confidence)
                 conf = torch.cat([torch.full_like(conf[:, :1], -torch.inf), conf], dim=1)
@@ -234,13 +334,14 @@ def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_to
 
         block_index += 1
         if verified:  # the commit pass verifies the draft; rejected columns become holes
-            b2 = min(B, max_new - min(done) - b)
+            nxt = {min(B, budget[r] - d - b) for r, d in zip(alive, done)}
+            b2 = nxt.pop() if len(nxt) == 1 and ragged is None else 0
             logits, ahead = _commit(rows, block, guess if fuse else None, b2, mask_token_id, 0)
             kept, anchor = _verify(sampler, rows, block, logits, history)
             rows.reject(kept, b)
             kept_list = kept.tolist()
             emitted, finished = _emit(alive, [block[i, :k] for i, k in enumerate(kept_list)],
-                                      done, out, max_new, stop_token_ids, stop_fn)
+                                      done, out, budget, stop_token_ids, stop_fn)
             confirmed = (ahead is not None and all(k == b for k in kept_list)
                          and bool((anchor == guess).all()))
             step = Step("verify", block_index, done[0] + kept_list[0],
@@ -251,32 +352,39 @@ def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_to
             idx = _drop(finished, alive, rows, sampler)
             if idx is None:  # everyone is done; the verify pass still counts as a forward
                 yield step
-                return
+                if admit is None:
+                    return
+                alive, rows, ahead = [], None, None
+                continue
             if idx is not False:
                 anchor, ahead = anchor[idx], (None if ahead is None else ahead[idx])
                 alive = [alive[i] for i in idx.tolist()]
-            step.size = min(B, max_new - min(len(out[r]) for r in alive))
+            step.size = min(B, max(budget[r] - len(out[r]) for r in alive))
             ahead = ahead if confirmed and step.size == b2 else None
             yield step
             continue
 
-        emitted, finished = _emit(alive, list(block), done, out, max_new, stop_token_ids,
+        emitted, finished = _emit(alive, list(block), done, out, budget, stop_token_ids,
                                   stop_fn)
         yield Emit(emitted, finished)
         idx = _drop(finished, alive, rows, sampler)
         if idx is None:
-            return
+            if admit is None:
+                return
+            alive, rows, ahead = [], None, None
+            continue
         if idx is not False:
             block, alive = block[idx], [alive[i] for i in idx.tolist()]
             guess = None if guess is None else guess[idx]
-        n = len(out[alive[0]])
-        b2 = min(B, max_new - n)
+        nxt = {min(B, budget[r] - len(out[r])) for r in alive}
+        b2 = nxt.pop() if len(nxt) == 1 else 0  # fuse only when every row's next block fits
         logits, ahead = _commit(rows, block, guess if fuse else None, b2, mask_token_id, b - 1)
         anchor = sampler.choose(process(logits, None))[:, 0]
         if ahead is not None and not bool((anchor == guess).all()):
             ahead = None
-        yield Step("commit", block_index, n, b2, {r: [(n, int(anchor[i]))]
-                                                 for i, r in enumerate(alive)})
+        n = len(out[alive[0]])
+        yield Step("commit", block_index, n, min(B, budget[alive[0]] - n),
+                   {r: [(len(out[r]), int(anchor[i]))] for i, r in enumerate(alive)})
 
 
 def _commit(rows: Rows, block, guess, b2: int, mask_token_id: int, logits_from: int):
@@ -326,11 +434,11 @@ def _verify(sampler: Sampler, rows: Rows, block, logits, history: bool):
     return kept, anchor
 
 
-def _emit(alive, blocks, done, out, max_new, stop_token_ids, stop_fn):
+def _emit(alive, blocks, done, out, budget, stop_token_ids, stop_fn):
     """Append each row's final tokens; end rows at a stop token, stop string or the limit."""
     emitted, finished = {}, {}
     for i, r in enumerate(alive):
-        toks = blocks[i].tolist()[:max_new - done[i]]
+        toks = blocks[i].tolist()[:budget[r] - done[i]]
         hit = [j for j, t in enumerate(toks) if t in stop_token_ids]
         if hit:
             toks = toks[:hit[0] + 1]
@@ -344,7 +452,7 @@ def _emit(alive, blocks, done, out, max_new, stop_token_ids, stop_fn):
                 del out[r][keep:]
                 emitted[r] = toks[:max(0, len(toks) - cut)]
                 finished[r] = "stop"
-        if r not in finished and len(out[r]) >= max_new:
+        if r not in finished and len(out[r]) >= budget[r]:
             finished[r] = "length"
     return emitted, finished
 
@@ -363,9 +471,12 @@ def _drop(finished, alive, rows: Rows, sampler: Sampler):
     return idx
 
 
-def _still_needed(block, mask_token_id, stop_ids):
-    """Masked positions that still matter: those before the row's first stop token."""
+def _still_needed(block, mask_token_id, stop_ids, lengths=None):
+    """Masked positions that still matter: those before the row's first stop token (and
+    inside the row's block, when `lengths` gives shorter last blocks)."""
     masked = block == mask_token_id
+    if lengths is not None:
+        masked &= torch.arange(block.shape[1], device=block.device)[None, :] < lengths[:, None]
     if stop_ids.numel() == 0:
         return masked
     is_stop = torch.isin(block, stop_ids)

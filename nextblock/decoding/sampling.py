@@ -23,6 +23,10 @@ class Sampler:
     def keep_rows(self, rows: list[int]) -> None:
         self.generators = [self.generators[r] for r in rows]
 
+    def extend(self, other: "Sampler") -> None:
+        """Add the rows of another sampler (rows joining a running batch)."""
+        self.generators = self.generators + other.generators
+
     def _mask_index(self, logits):  # [MASK] is never an output
         return torch.tensor([self.mask_token_id], device=logits.device)
 
@@ -52,17 +56,21 @@ class Sampler:
             logits = logits.masked_fill(drop, -torch.inf)
         return torch.softmax(logits, dim=-1)
 
-    def choose(self, probs: torch.Tensor, draw: torch.Tensor | None = None) -> torch.Tensor:
+    def choose(self, probs: torch.Tensor, draw: torch.Tensor | None = None,
+               sizes: list[int] | None = None) -> torch.Tensor:
         """Token ids [B, T]. Greedy: argmax. Sampled: one draw per position, only for rows
-        where `draw` is True (other rows get their argmax and use no randomness)."""
+        where `draw` is True (other rows get their argmax and use no randomness), and only
+        for a row's first `sizes[r]` positions (a shorter last block draws what it would
+        draw alone)."""
         tokens = probs.argmax(dim=-1)
         if self.s.greedy:
             return tokens
         for r, g in enumerate(self.generators):
             if draw is not None and not bool(draw[r]):
                 continue
-            noise = torch.empty_like(probs[r]).exponential_(1.0, generator=g)
-            tokens[r] = (probs[r] / noise).argmax(dim=-1)  # exponential race = categorical
+            p = probs[r] if sizes is None else probs[r, :sizes[r]]
+            noise = torch.empty_like(p).exponential_(1.0, generator=g)
+            tokens[r, :p.shape[0]] = (p / noise).argmax(dim=-1)  # exponential race
         return tokens
 
     def accept_point_draft(self, p: torch.Tensor, draft: torch.Tensor | None,

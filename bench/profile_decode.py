@@ -1,0 +1,61 @@
+"""Where the time of one decoding forward goes, per mode (torch profiler).
+
+    python bench/profile_decode.py [--model default] [--quantize int8] [--max-new-tokens 32]
+
+For AR, block and verified decoding of one prompt, prints milliseconds per forward split into
+linear layers (the weight-streaming matrix products), attention, every other ATen op, and
+what is left of the wall time (Python, dispatch, the decode loop itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import nextblock
+
+LINEAR = ("aten::mm", "aten::addmm", "aten::bmm", "quantized::linear_dynamic")
+ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu",
+             "aten::_scaled_dot_product_attention_math")
+MODES = {"ar": dict(mode="ar"),
+         "block B=4 thr=0.9": dict(mode="block", block_size=4, threshold=0.9),
+         "verified B=4 thr=0": dict(mode="verified", block_size=4, threshold=0.0)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None)
+    p.add_argument("--quantize", choices=["int8"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--prompt", default="Explain in a few sentences why the sky is blue.")
+    args = p.parse_args(argv)
+    lm = nextblock.load(args.model, quantize=args.quantize)
+    print(f"{lm.name}{' int8' if lm.quantization else ' float32'}, "
+          f"{torch.get_num_threads()} threads; ms per forward")
+    print(f"{'mode':<22}{'fwd':>5}{'tok/fwd':>9}{'linear':>9}{'attn':>8}{'other ops':>11}"
+          f"{'rest':>8}{'total':>8}")
+    for name, kw in MODES.items():
+        lm.generate(args.prompt, max_new_tokens=8, **kw)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            gen = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, **kw)
+            wall = (time.perf_counter() - t0) * 1000
+        linear = attn = other = 0.0
+        for e in prof.key_averages():
+            ms = e.self_cpu_time_total / 1000
+            if e.key in LINEAR:
+                linear += ms
+            elif e.key in ATTENTION:
+                attn += ms
+            elif e.key.startswith(("aten::", "quantized::")):
+                other += ms
+        f = gen.forwards
+        print(f"{name:<22}{f:>5}{gen.tokens_per_forward:>9.2f}{linear / f:>9.1f}{attn / f:>8.1f}{other / f:>11.1f}"
+              f"{(wall - linear - attn - other) / f:>8.1f}{wall / f:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
