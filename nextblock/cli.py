@@ -204,6 +204,29 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import logging
+    import os
+
+    import uvicorn
+
+    from .serving import create_app
+
+    key = args.api_key or os.environ.get("NEXTBLOCK_API_KEY")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach "
+              "this address can use the model", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    lm = _load(args)
+    app = create_app(lm, served_name=args.served_model_name, api_key=key,
+                     max_batch=args.max_batch, max_queue=args.max_queue,
+                     max_tokens_limit=args.max_tokens_limit,
+                     reasoning=tuple(args.reasoning_markers.split(",", 1)))
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30,
+                log_level="info")
+    return 0
+
+
 def cmd_adapt(args) -> int:
     from .training.trainer import AdaptConfig, adapt
 
@@ -282,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the rows as JSON")
     p.add_argument("--plot", help="write the speed / agreement frontier as PNG")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (also "
+                   "$NEXTBLOCK_API_KEY); /health stays open")
+    p.add_argument("--served-model-name", help="the model id clients send (default: --model)")
+    p.add_argument("--max-batch", type=int, default=8, help="rows decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--max-tokens-limit", type=int, default=4096)
+    p.add_argument("--reasoning-markers", default="<think>,</think>",
+                   help="open,close markers of a reasoning section (reasoning_content)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("adapt", help="continued training into a block-diffusion model")
     p.add_argument("--config", help="JSON file of AdaptConfig settings (flags override it)")

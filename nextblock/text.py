@@ -88,3 +88,42 @@ class TextStream:
         delta = text[self.sent:]
         self.sent = max(self.sent, len(text))
         return delta
+
+
+class ReasoningSplitter:
+    """Routes streamed text into reasoning (between `open` and `close` markers, e.g.
+    <think>...</think>) and content; holds back a partial marker at a chunk's end.
+
+        sp = ReasoningSplitter("<think>", "</think>")
+        sp.push("<think>hm</thi") -> [("reasoning", "hm")];  sp.push("nk>Hi") -> [("content", "Hi")]
+    """
+
+    def __init__(self, open: str = "<think>", close: str = "</think>"):
+        self.markers = {"content": open, "reasoning": close}
+        self.state, self.buf = "content", ""
+
+    def push(self, text: str, final: bool = False) -> list[tuple[str, str]]:
+        self.buf += text
+        out: list[tuple[str, str]] = []
+        while True:
+            marker = self.markers[self.state]
+            i = self.buf.find(marker)
+            if i < 0:
+                break
+            if i:
+                out.append((self.state, self.buf[:i]))
+            self.buf = self.buf[i + len(marker):]
+            self.state = "reasoning" if self.state == "content" else "content"
+        marker = self.markers[self.state]
+        hold = 0 if final else max((k for k in range(1, len(marker))
+                                    if self.buf.endswith(marker[:k])), default=0)
+        if len(self.buf) > hold:
+            out.append((self.state, self.buf[:len(self.buf) - hold]))
+            self.buf = self.buf[len(self.buf) - hold:]
+        return out
+
+    def split(self, text: str) -> tuple[str, str]:
+        """(reasoning, content) of a whole text."""
+        parts = self.push(text, final=True)
+        return ("".join(t for k, t in parts if k == "reasoning"),
+                "".join(t for k, t in parts if k == "content"))

@@ -225,14 +225,15 @@ class Request:
 Admit = Callable[[], "tuple[list[Request], set[int]]"]  # -> (rows to add, row ids to cancel)
 
 
-def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_token_id: int,
-           stop_token_ids=(), seeds: list[int | None] | None = None,
+def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSettings, *,
+           mask_token_id: int, stop_token_ids=(), seeds: list[int | None] | None = None,
            stop_fn: StopFn | None = None, max_context: int | None = None,
            max_new: list[int] | None = None, admit: Admit | None = None
            ) -> Iterator[Step | Emit]:
     """Yield a Step per forward pass and an Emit per finished block. Inputs are validated
     by the caller (nextblock.lm); `max_context` caps prompt + generated positions; `max_new`
-    gives per-row budgets (default: settings.max_new_tokens). `admit`, called at every block
+    gives per-row budgets (default: settings.max_new_tokens). Rows are numbered 0.. in
+    events, or carry their own ids when given as Requests. `admit`, called at every block
     boundary, lets rows join the running batch (prefilled, then right-aligned with it) and
     leave it ("cancelled"): continuous batching for the server."""
     s = settings
@@ -277,8 +278,10 @@ def decode(model, prompts: list[list[int]], settings: DecodeSettings, *, mask_to
                     {r.id: [(0, int(first[i]))] for i, r in enumerate(new)})
 
     n_rows = len(prompts)
-    yield join([Request(i, p, (max_new or [s.max_new_tokens] * n_rows)[i],
-                        (seeds or [s.seed] * n_rows)[i]) for i, p in enumerate(prompts)])
+    first = prompts if isinstance(prompts[0], Request) else [
+        Request(i, p, (max_new or [s.max_new_tokens] * n_rows)[i],
+                (seeds or [s.seed] * n_rows)[i]) for i, p in enumerate(prompts)]
+    yield join(first)
     stop_ids = stop_ids.to(rows.seq.device)
 
     while True:

@@ -1,0 +1,284 @@
+"""The OpenAI-compatible HTTP server: routes, OpenAI-style errors, streaming (SSE).
+
+    nextblock serve [--model M] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    app = create_app(nextblock.load())            # for uvicorn or tests
+
+Routes: GET /health, GET /v1/models, GET /metrics, POST /v1/completions, POST
+/v1/chat/completions. Decoding goes through serving.scheduler (continuous batching); a
+streamed response sends a chunk as each block (AR: each token) commits. Client mistakes
+get 400/401/404/413/429 with {"error": {"message", "type", "param", "code"}}; a server
+error is logged with its request id and answered with 500 carrying the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from .. import text as textlib
+from ..errors import NextBlockError
+from .scheduler import QueueFull, Scheduler, ShuttingDown
+from .schemas import ChatRequest, CompletionRequest
+
+log = logging.getLogger("nextblock.serve")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = (
+            status, message, param, code, type_)
+
+
+def error_response(status: int, message: str, param=None, code=None,
+                   type_: str = "invalid_request_error", headers=None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _param_of(config_error: str) -> str | None:
+    """'invalid block_size=0: ...' -> 'block_size' (DecodeSettings' error format)."""
+    if config_error.startswith("invalid ") and "=" in config_error:
+        return config_error[len("invalid "):].split("=", 1)[0]
+    return None
+
+
+def create_app(lm, *, served_name: str | None = None, api_key: str | None = None,
+               max_batch: int = 8, max_queue: int = 64, max_tokens_limit: int = 4096,
+               max_body_bytes: int = 1 << 20, reasoning=("<think>", "</think>"),
+               shutdown_timeout: float = 30.0) -> FastAPI:
+    name = served_name or lm.name
+    reasoning_markers = tuple(reasoning)
+    sched = Scheduler(lm, max_batch=max_batch, max_queue=max_queue)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, sched.close, shutdown_timeout)
+
+    app = FastAPI(title="nextblock", lifespan=lifespan)
+    app.state.scheduler = sched
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        rid = uuid.uuid4().hex[:12]
+        request.state.rid = rid
+        headers = {"x-request-id": rid}
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > max_body_bytes):
+            return error_response(413, f"request body larger than {max_body_bytes} bytes",
+                                  code="request_too_large", headers=headers)
+        if api_key and request.url.path != "/health":
+            auth = request.headers.get("authorization", "")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
+                return error_response(401, "missing or invalid API key (Authorization: "
+                                      "Bearer KEY)", code="invalid_api_key", headers=headers)
+        try:
+            response = await call_next(request)
+        except Exception:  # noqa: BLE001
+            log.exception("request %s failed", rid)
+            return error_response(500, f"internal server error (request id {rid})",
+                                  type_="server_error", headers=headers)
+        response.headers["x-request-id"] = rid
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        err = exc.errors()[0]
+        tags = {"body", "str", "int", "float", "bool"}  # union members, not fields
+        loc = [str(x) for x in err.get("loc", ()) if x not in tags and "[" not in str(x)]
+        if err.get("type") == "json_invalid":
+            return error_response(400, f"request body is not valid JSON: {err.get('msg')}")
+        param = ".".join(loc) or None
+        msg = err.get("msg", "invalid value")
+        if err.get("type") == "extra_forbidden":
+            msg = "unrecognized request argument"
+        elif err.get("type") == "missing":
+            msg = "required field is missing"
+        return error_response(400, f"{param}: {msg}" if param else msg, param=param,
+                              code="invalid_value")
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.type)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return error_response(exc.status_code, str(exc.detail), code="not_found"
+                              if exc.status_code == 404 else None)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "queued": sched.queued(),
+                "active": sched.active()}
+
+    @app.get("/metrics")
+    async def metrics():
+        return sched.stats()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model",
+                                            "created": created, "owned_by": "nextblock"}]}
+
+    def prepare(req, prompts: list[list[int]]):
+        if req.model != name:
+            raise APIError(404, f"the model '{req.model}' does not exist; this server serves "
+                           f"'{name}'", "model", "model_not_found")
+        limit = min(max_tokens_limit, lm.context_length)
+        budget = req.budget(min(lm.settings().max_new_tokens, limit))
+        if budget > limit:
+            field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            raise APIError(400, f"{field}={budget} is above this server's limit of {limit}",
+                           field, "invalid_value")
+        try:
+            settings = lm.settings(max_new_tokens=budget, **req.settings())
+        except NextBlockError as e:
+            raise APIError(400, str(e), _param_of(str(e)), "invalid_value") from None
+        for ids in prompts:
+            if len(ids) >= lm.context_length:
+                raise APIError(400, f"the prompt is {len(ids)} tokens long but the model's "
+                               f"context is {lm.context_length} tokens", "messages"
+                               if isinstance(req, ChatRequest) else "prompt",
+                               "context_length_exceeded")
+        try:
+            jobs, queue = sched.submit(prompts, settings, budget, req.seed, req.n)
+        except QueueFull as e:
+            raise APIError(429, f"server busy: {e}", code="rate_limit_exceeded",
+                           type_="rate_limit_error") from None
+        except ShuttingDown as e:
+            raise APIError(503, str(e), code="shutting_down", type_="server_error") from None
+        return settings, jobs, queue
+
+    def encode(fn, *args):
+        try:
+            return fn(*args)
+        except NextBlockError as e:
+            raise APIError(400, str(e), code="invalid_value") from None
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, request: Request):
+        messages = [{"role": "system" if m.role == "developer" else m.role,
+                     "content": m.text()} for m in req.messages]
+        ids = encode(lm.encode, messages, True)
+        return await respond(req, request, [ids], chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        prompts = [encode(lm.encode, p, False) for p in req.prompt]
+        return await respond(req, request, prompts, chat=False)
+
+    async def respond(req, request: Request, prompts, chat: bool):
+        settings, jobs, queue = prepare(req, prompts)
+        rid = ("chatcmpl-" if chat else "cmpl-") + request.state.rid
+        head = {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": name}
+        usage_in = sum(len(p) for p in prompts)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                stream(head, jobs, queue, settings, chat, usage_in, include_usage),
+                media_type="text/event-stream", headers={"x-request-id": request.state.rid})
+        try:
+            done: dict[int, str] = {}
+            while len(done) < len(jobs):
+                try:
+                    index, kind, value = await asyncio.wait_for(queue.get(), 0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():  # nobody to answer; free the slots
+                        return error_response(400, "client disconnected")
+                    continue
+                if kind == "error":
+                    raise APIError(503, value, type_="server_error", code="unavailable")
+                if kind == "done":
+                    done[index] = value
+        finally:
+            for j in jobs:
+                if not j.done:
+                    sched.cancel(j)
+        choices = []
+        for j in jobs:
+            text = textlib.final_text(lm.tokenizer, j.tokens, settings.stop)
+            if chat:
+                reasoning, content = textlib.ReasoningSplitter(*reasoning_markers).split(text)
+                msg = {"role": "assistant", "content": content}
+                if reasoning:
+                    msg["reasoning_content"] = reasoning
+                choices.append({"index": j.index, "message": msg,
+                                "finish_reason": done[j.index], "logprobs": None})
+            else:
+                choices.append({"index": j.index, "text": text,
+                                "finish_reason": done[j.index], "logprobs": None})
+        out_tokens = sum(len(j.tokens) for j in jobs)
+        return {**head, "choices": choices, "usage": {
+            "prompt_tokens": usage_in, "completion_tokens": out_tokens,
+            "total_tokens": usage_in + out_tokens}}
+
+    async def stream(head, jobs, queue, settings, chat, usage_in, include_usage):
+        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+        texts = {j.index: textlib.TextStream(lm.tokenizer, settings.stop) for j in jobs}
+        splits = {j.index: textlib.ReasoningSplitter(*reasoning_markers) for j in jobs}
+
+        def chunk(index, delta=None, text=None, finish=None):
+            c = {"index": index, "finish_reason": finish}
+            if chat:
+                c["delta"] = delta or {}
+            else:
+                c["text"], c["logprobs"] = text or "", None
+            body = {**head, "choices": [c]}
+            if include_usage:
+                body["usage"] = None
+            return f"data: {json.dumps(body)}\n\n"
+
+        def pieces(index, toks, final):
+            delta = texts[index].push(toks, final=final)
+            if not chat:
+                return [chunk(index, text=delta)] if delta else []
+            key = {"reasoning": "reasoning_content", "content": "content"}
+            return [chunk(index, {key[kind]: part})
+                    for kind, part in splits[index].push(delta, final=final) if part]
+
+        try:
+            if chat:
+                for j in jobs:
+                    yield chunk(j.index, {"role": "assistant", "content": ""})
+            finished = 0
+            while finished < len(jobs):
+                index, kind, value = await queue.get()
+                if kind == "tokens":
+                    for piece in pieces(index, value, False):
+                        yield piece
+                elif kind == "done":
+                    for piece in pieces(index, [], True):
+                        yield piece
+                    yield chunk(index, finish=value)
+                    finished += 1
+                else:
+                    err = {"error": {"message": value, "type": "server_error", "param": None,
+                                     "code": "unavailable"}}
+                    yield f"data: {json.dumps(err)}\n\n"
+                    return
+            if include_usage:
+                out = sum(len(j.tokens) for j in jobs)
+                usage = {"prompt_tokens": usage_in, "completion_tokens": out,
+                         "total_tokens": usage_in + out}
+                yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:  # finished, or the client went away: free every slot still held
+            for j in jobs:
+                if not j.done:
+                    sched.cancel(j)
+
+    return app

@@ -1,0 +1,126 @@
+"""Request bodies of the OpenAI-compatible routes (pydantic). Unknown fields, wrong types and
+out-of-range values are rejected before any work, with a message naming the field.
+
+Decoding extensions beside the OpenAI fields: `mode` (ar | block | verified), `block_size`,
+`sub_block`, `threshold`, `confidence`, `top_k`, `repetition_penalty`; unset ones come from
+the model's recommended settings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import field_validator
+
+Number = StrictFloat | StrictInt
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[ContentPart]
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: Number | None = Field(None, ge=0, le=2)
+    top_p: Number | None = Field(None, gt=0, le=1)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    n: StrictInt = Field(1, ge=1, le=8)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = None
+    frequency_penalty: Number = 0
+    presence_penalty: Number = 0
+    logprobs: StrictBool | None = None
+    # nextblock extensions
+    mode: Literal["ar", "block", "verified"] | None = None
+    block_size: StrictInt | None = Field(None, ge=1, le=256)
+    sub_block: StrictInt | None = Field(None, ge=1)
+    threshold: Number | None = None
+    confidence: Literal["prob", "margin", "neg_entropy"] | None = None
+    top_k: StrictInt | None = Field(None, ge=0)
+    repetition_penalty: Number | None = Field(None, gt=0)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty")
+        return stops
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _zero(cls, v):
+        if v != 0:
+            raise ValueError("only 0 is supported (use repetition_penalty)")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v:
+            raise ValueError("logprobs are not supported")
+        return v
+
+    def budget(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+    def settings(self) -> dict:
+        """Decoding overrides for NextBlockModel.settings()."""
+        names = ("mode", "block_size", "sub_block", "threshold", "confidence", "temperature",
+                 "top_p", "top_k", "repetition_penalty")
+        out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        if self.stop:
+            out["stop"] = tuple(self.stop)
+        return out
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(_Request):
+    prompt: StrictStr | list[StrictStr]
+    echo: StrictBool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, v):
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts or any(not p.strip() for p in prompts):
+            raise ValueError("prompt must be a non-empty string or list of non-empty strings")
+        return prompts
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v):
+        if v:
+            raise ValueError("echo is not supported")
+        return v
