@@ -1,6 +1,6 @@
 """OpenAI-compatible serving: app.py (routes, errors, streaming), scheduler.py (continuous
 batching between commits), schemas.py (request validation)."""
 
-from .app import create_app
+from .app import BackgroundServer, create_app
 
-__all__ = ["create_app"]
+__all__ = ["BackgroundServer", "create_app"]

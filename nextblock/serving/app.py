@@ -282,3 +282,34 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                     sched.cancel(j)
 
     return app
+
+
+class BackgroundServer:
+    """Serve an app with uvicorn in a background thread on a free loopback port (tests,
+    benchmarks, notebooks): `s = BackgroundServer(app); s.url; s.stop()`."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, **uvicorn_kw):
+        import socket
+        import threading
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+        self.app, self.port = app, port
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
+                                                    log_level="warning", **uvicorn_kw))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.05)
+        self.url = f"http://{host}:{port}"
+
+    def stop(self, timeout: float = 60) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)

@@ -1,12 +1,7 @@
-import socket
-import threading
-import time
-
 import pytest
-import uvicorn
 
 import nextblock
-from nextblock.serving import create_app
+from nextblock.serving import BackgroundServer, create_app
 from tests.helpers import save_tiny
 
 
@@ -21,37 +16,12 @@ def tiny_lm(tiny_dir):
     return nextblock.load(tiny_dir)
 
 
-class LiveServer:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 @pytest.fixture
 def serve(tiny_lm):
     servers = []
 
     def start(**kw):
-        s = LiveServer(create_app(tiny_lm, served_name="tiny", **kw))
+        s = BackgroundServer(create_app(tiny_lm, served_name="tiny", **kw))
         servers.append(s)
         return s
 

@@ -125,3 +125,48 @@ def test_queue_bound_gives_429(serve):
     assert r.json()["error"]["type"] == "rate_limit_error"
     sched.pause(False)
     first.join(30)
+
+
+def test_graceful_shutdown_finishes_in_flight_streams(serve, tiny_lm):
+    s = serve()
+    out, started = {}, threading.Event()
+    body = dict(model="tiny", prompt="w8", max_tokens=400, mode="ar")
+    t = threading.Thread(target=stream_text, args=(s.url, body, out, "a", started))
+    t.start()
+    assert started.wait(30)
+    s.stop()  # SIGTERM-like: stop accepting, let the running stream end
+    t.join(60)
+    assert out["a"] == tiny_lm.generate("w8", chat=False, max_new_tokens=400, mode="ar").text
+    try:
+        httpx.post(s.url + "/v1/completions", json=body, timeout=5)
+        refused = False
+    except httpx.HTTPError:
+        refused = True
+    assert refused
+
+
+def test_close_ends_unfinished_jobs_with_a_clear_error(tiny_lm):
+    import asyncio
+
+    from nextblock.serving.scheduler import Scheduler, ShuttingDown
+
+    async def main():
+        sched = Scheduler(tiny_lm, max_batch=2)
+        s = tiny_lm.settings(mode="ar", max_new_tokens=3000)
+        ids = [tiny_lm.encode("w8", chat=False)]
+        jobs, q = sched.submit(ids, s, 3000, None)
+        kind = None
+        while kind != "tokens":
+            _, kind, _ = await q.get()
+        await asyncio.get_running_loop().run_in_executor(None, sched.close, 0.0)
+        while kind not in ("done", "error"):
+            _, kind, value = await q.get()
+        try:
+            sched.submit(ids, s, 10, None)
+            refused = False
+        except ShuttingDown:
+            refused = True
+        return kind, value, refused
+
+    kind, value, refused = asyncio.run(main())
+    assert kind == "error" and "shut down" in value and refused
