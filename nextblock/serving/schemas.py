@@ -82,11 +82,11 @@ class _Request(BaseModel):
             raise ValueError("only 0 is supported (use repetition_penalty)")
         return v
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "echo", check_fields=False)  # echo: completions only
     @classmethod
-    def _no_logprobs(cls, v):
+    def _off(cls, v, info):
         if v:
-            raise ValueError("logprobs are not supported")
+            raise ValueError(f"{info.field_name} is not supported")
         return v
 
     def budget(self, default: int) -> int:
@@ -117,10 +117,3 @@ class CompletionRequest(_Request):
         if not prompts or any(not p.strip() for p in prompts):
             raise ValueError("prompt must be a non-empty string or list of non-empty strings")
         return prompts
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v):
-        if v:
-            raise ValueError("echo is not supported")
-        return v
