@@ -1,6 +1,7 @@
 """Where the time of one decoding forward goes, per mode (torch profiler).
 
     python bench/profile_decode.py [--model default] [--quantize int8] [--max-new-tokens 32]
+    python bench/profile_decode.py --compile    # the forward under torch.compile (slow start)
 
 For AR, block and verified decoding of one prompt, prints milliseconds per forward split into
 linear layers (the weight-streaming matrix products), attention, every other ATen op, and
@@ -31,8 +32,19 @@ def main(argv=None):
     p.add_argument("--quantize", choices=["int8"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--prompt", default="Explain in a few sentences why the sky is blue.")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile(dynamic=True) the model forward the loop calls")
     args = p.parse_args(argv)
     lm = nextblock.load(args.model, quantize=args.quantize)
+    if args.compile:
+        from nextblock.decoding import loop
+
+        loop.forward = torch.compile(loop.forward, dynamic=True)
+        t0 = time.perf_counter()
+        for kw in MODES.values():
+            lm.generate(args.prompt, max_new_tokens=8, **kw)
+        print(f"torch.compile warm-up (all shapes of the three modes): "
+              f"{time.perf_counter() - t0:.0f} s")
     print(f"{lm.name}{' int8' if lm.quantization else ' float32'}, "
           f"{torch.get_num_threads()} threads; ms per forward")
     print(f"{'mode':<22}{'fwd':>5}{'tok/fwd':>9}{'linear':>9}{'attn':>8}{'other ops':>11}"
