@@ -227,6 +227,29 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from rich.progress import Progress
+
+    from .evaluation.run import evaluate
+    from .evaluation.tasks import TASKS
+
+    task = TASKS[args.task]
+    samples = task.load(args.data, args.limit)
+    lm = _load(args)
+    kw = _overrides(args)
+    kw.setdefault("max_new_tokens", task.max_new_tokens)
+    settings = lm.settings(**kw)
+    with Progress(transient=True) as bar:
+        t = bar.add_task(f"{args.task} {settings.mode}", total=len(samples))
+        row = evaluate(lm, task, samples, settings, args.out, resume=args.resume,
+                       progress=lambda rec: bar.advance(t))
+    print(f"{args.task} [{settings.mode}] accuracy {row['accuracy']:.3f} on "
+          f"{row['samples']} samples, {row['tokens_per_s']:.1f} tokens/s, "
+          f"{row['tokens_per_forward']:.2f} tokens/forward; summary in "
+          f"{args.out}/{args.task}-summary.md", file=sys.stderr)
+    return 0
+
+
 def cmd_adapt(args) -> int:
     from .training.trainer import AdaptConfig, adapt
 
@@ -319,6 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reasoning-markers", default="<think>,</think>",
                    help="open,close markers of a reasoning section (reasoning_content)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("eval", help="accuracy and speed on a benchmark task, any mode")
+    p.add_argument("--task", required=True, choices=["gsm8k", "math500", "mbpp", "humaneval"])
+    p.add_argument("--data", help="the task's data file (humaneval: the package's own)")
+    p.add_argument("--limit", type=int, help="the first N problems")
+    p.add_argument("--out", default="runs/eval")
+    p.add_argument("--resume", action="store_true", help="skip samples already recorded")
+    _add_model_args(p)
+    _add_decode_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("adapt", help="continued training into a block-diffusion model")
     p.add_argument("--config", help="JSON file of AdaptConfig settings (flags override it)")

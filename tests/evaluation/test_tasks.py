@@ -1,0 +1,84 @@
+"""Tasks read their files (clear errors otherwise), write prompts, and score completions;
+the runner records samples, resumes, and summarises modes with agreement to AR."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import nextblock
+from nextblock.evaluation.run import evaluate, summarise
+from nextblock.evaluation.tasks import TASKS, extract_code
+from tests.helpers import save_tiny
+
+DATA = Path(os.environ.get("NEXTBLOCK_SHARED_DATA",
+                          Path(__file__).resolve().parents[3] / "shared" / "data"))
+pytestmark = pytest.mark.skipif(not (DATA / "gsm8k").is_dir(),
+                                reason=f"benchmark data not found at {DATA}")
+
+
+def test_gsm8k_and_math500_load_and_score():
+    g = TASKS["gsm8k"].load(DATA / "gsm8k" / "test.jsonl", limit=3)
+    assert len(g) == 3 and g[0].reference == "18"  # Janet's ducks
+    assert TASKS["gsm8k"].score(g[0], "so 9 * 2 = 18 dollars. The answer is 18.").correct
+    assert not TASKS["gsm8k"].score(g[0], "The answer is 17.").correct
+    m = TASKS["math500"].load(DATA / "math500" / "test.jsonl", limit=2)
+    assert TASKS["math500"].score(m[0], "so \\boxed{" + m[0].reference + "}").correct
+    assert not TASKS["math500"].score(m[0], "no box here").correct
+
+
+def test_code_tasks_score_in_the_sandbox():
+    mb = TASKS["mbpp"].load(DATA / "mbpp" / "mbpp.jsonl", limit=1)[0]
+    assert mb.id == "11"  # the test split starts at task 11
+    right = ("```python\ndef remove_Occ(s, ch):\n    i = s.find(ch)\n    j = s.rfind(ch)\n"
+             "    if i < 0:\n        return s\n    s = s[:i] + s[i + 1:]\n    j -= 1\n"
+             "    return s[:j] + s[j + 1:] if j >= i else s\n```")
+    assert TASKS["mbpp"].score(mb, right).correct
+    assert not TASKS["mbpp"].score(mb, "```python\ndef remove_Occ(s, ch):\n    return s\n```"
+                                   ).correct
+    he = TASKS["humaneval"].load(limit=1)[0]
+    assert he.id == "HumanEval/0"
+    body = ("    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n"
+            "            if abs(a - b) < threshold:\n                return True\n"
+            "    return False\n")
+    assert TASKS["humaneval"].score(he, body).correct  # a body completing the prompt
+    whole = ("```python\nfrom typing import List\n\ndef has_close_elements(numbers, "
+             "threshold):\n" + body + "```")
+    assert TASKS["humaneval"].score(he, whole).correct  # or the whole function
+    assert not TASKS["humaneval"].score(he, "    return True\n").correct
+    assert len(TASKS["humaneval"].load()) == 164
+
+
+def test_missing_or_bad_data_is_a_clear_error(tmp_path):
+    with pytest.raises(nextblock.InputError, match="--data"):
+        TASKS["gsm8k"].load(None)
+    with pytest.raises(nextblock.InputError, match="not found"):
+        TASKS["mbpp"].load(tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": 1}\n')
+    with pytest.raises(nextblock.InputError, match="question/answer"):
+        TASKS["gsm8k"].load(bad)
+    assert extract_code("no fence") == "no fence"
+
+
+def test_runner_records_resumes_and_summarises(tmp_path):
+    lm = nextblock.load(save_tiny(tmp_path / "tiny"))
+    task = TASKS["gsm8k"]
+    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=3)
+    for s in samples:  # the word-level tiny tokenizer knows only w0..w87
+        s.prompt = "w1 w2 w3"
+    ar = lm.settings(mode="ar", max_new_tokens=6)
+    row = evaluate(lm, task, samples[:2], ar, tmp_path / "out")
+    assert row["samples"] == 2 and row["tokens_per_forward"] == 1.0
+    row = evaluate(lm, task, samples, ar, tmp_path / "out", resume=True)  # only the third
+    recs = [json.loads(x) for x in (tmp_path / "out" / "gsm8k-ar.jsonl").read_text()
+            .splitlines()]
+    assert [r["id"] for r in recs] == ["0", "1", "2"]
+    assert set(recs[0]) >= {"prompt", "completion", "extracted", "correct", "seconds"}
+    ver = lm.settings(mode="verified", block_size=4, threshold=0.0, max_new_tokens=6)
+    evaluate(lm, task, samples, ver, tmp_path / "out")
+    rows = summarise(tmp_path / "out", "gsm8k")
+    assert rows["verified-B4-t0.0"]["agreement_with_ar"] == 1.0  # lossless
+    md = (tmp_path / "out" / "gsm8k-summary.md").read_text()
+    assert "| ar | 3 |" in md and "verified-B4-t0.0" in md
