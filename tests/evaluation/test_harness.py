@@ -1,0 +1,70 @@
+"""nextblock as an lm-eval model: loglikelihood equals the sum of log-probabilities computed
+directly from the model, and a local two-item task (a JSON file, no hub) runs end to end."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+from lm_eval import simple_evaluate  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from nextblock.evaluation.harness import NextBlockLM  # noqa: E402
+from tests.helpers import save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = save_tiny(tmp_path_factory.mktemp("harness") / "tiny")
+    return NextBlockLM.create_from_arg_string(f"pretrained={path},mode=ar,max_new_tokens=5")
+
+
+def test_loglikelihood_equals_direct_log_probs(model):
+    reqs = [Instance("loglikelihood", {}, ("w1 w2 w3", " w4 w5"), 0),
+            Instance("loglikelihood", {}, ("w7", " w8"), 0)]
+    got = model.loglikelihood(reqs)
+    hf = model.lm.model
+    for (ctx, cont), (ll, greedy) in zip([r.args for r in reqs], got):
+        c = model.lm.tokenizer(ctx, add_special_tokens=False)["input_ids"]
+        t = model.lm.tokenizer(ctx + cont, add_special_tokens=False)["input_ids"][len(c):]
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([c + t])).logits[0], -1)
+        direct = sum(logp[len(c) - 1 + i, tok].item() for i, tok in enumerate(t))
+        assert ll == pytest.approx(direct, abs=1e-4)
+        assert greedy == all(logp[len(c) - 1 + i].argmax().item() == tok
+                             for i, tok in enumerate(t))
+    rolling = model.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("w1 w2",), 0)])
+    assert rolling[0] < 0
+
+
+def test_local_task_runs_end_to_end(model, tmp_path):
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"q": "w1 w2", "choices": [" w3", " w4"], "label": 0},
+        {"q": "w5 w6", "choices": [" w7", " w8"], "label": 1}]))
+    (tmp_path / "two.yaml").write_text(f"""task: nextblock_two
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{q}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+""")
+    res = simple_evaluate(model=model, tasks=["nextblock_two"],
+                          task_manager=TaskManager(include_path=str(tmp_path)))
+    acc = res["results"]["nextblock_two"]["acc,none"]
+    expected = []
+    for q, choices, label in (("w1 w2", [" w3", " w4"], 0), ("w5 w6", [" w7", " w8"], 1)):
+        scores = [model.score(q, c)[0] for c in choices]
+        expected.append(scores.index(max(scores)) == label)
+    assert acc == pytest.approx(sum(expected) / 2)
+    gen = model.generate_until([Instance("generate_until", {}, ("w1 w2", {"until": ["\n"]}),
+                                         0)])
+    assert isinstance(gen[0], str)
