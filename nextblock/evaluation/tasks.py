@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import InputError
 from .answers import (extract_boxed, extract_number, gsm8k_reference, math_equal,
@@ -53,43 +54,51 @@ def _read_jsonl(path, what: str) -> list[dict]:
         raise InputError(f"{what}: {p} is not JSON lines ({e})") from None
 
 
+def _rows(task, path, limit, fields: tuple[str, ...]) -> list[dict]:
+    rows = _read_jsonl(path, f"{task.name} needs {task.needs}")
+    if rows and not set(fields) <= set(rows[0]):
+        raise InputError(f"{task.name}: {path} lacks the fields {'/'.join(fields)}")
+    return rows[:limit]
+
+
 def extract_code(completion: str) -> str:
     """The first fenced code block (```python ... ```), else the whole completion."""
     m = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", completion, re.S)
     return m.group(1) if m else completion
 
 
-class GSM8K:
-    name, max_new_tokens = "gsm8k", 256
-    needs = "GSM8K's test.jsonl (fields question, answer)"
+@dataclass
+class AnswerTask:
+    """A task scored by extracting the final answer from the completion and comparing it
+    with the reference."""
+
+    name: str
+    max_new_tokens: int
+    needs: str
+    fields: tuple[str, ...]
+    make: Callable[[int, dict], Sample]
+    extract: Callable[[str], "str | None"]
+    equal: Callable[["str | None", str], bool]
 
     def load(self, path, limit=None) -> list[Sample]:
-        rows = _read_jsonl(path, f"gsm8k needs {self.needs}")
-        if rows and not {"question", "answer"} <= set(rows[0]):
-            raise InputError(f"gsm8k: {path} lacks the fields question/answer")
-        return [Sample(str(i), r["question"] + "\nSolve it step by step, then end with "
-                       "'The answer is N.'", gsm8k_reference(r["answer"]))
-                for i, r in enumerate(rows[:limit])]
+        return [self.make(i, r) for i, r in enumerate(_rows(self, path, limit, self.fields))]
 
     def score(self, s: Sample, completion: str) -> Verdict:
-        got = extract_number(completion)
-        return Verdict(got, numbers_equal(got, s.reference))
+        got = self.extract(completion)
+        return Verdict(got, self.equal(got, s.reference))
 
 
-class MATH500:
-    name, max_new_tokens = "math500", 512
-    needs = "MATH-500's test.jsonl (fields problem, answer)"
+GSM8K = AnswerTask(
+    "gsm8k", 256, "GSM8K's test.jsonl (fields question, answer)", ("question", "answer"),
+    lambda i, r: Sample(str(i), r["question"] + "\nSolve it step by step, then end with "
+                        "'The answer is N.'", gsm8k_reference(r["answer"])),
+    extract_number, numbers_equal)
 
-    def load(self, path, limit=None) -> list[Sample]:
-        rows = _read_jsonl(path, f"math500 needs {self.needs}")
-        if rows and not {"problem", "answer"} <= set(rows[0]):
-            raise InputError(f"math500: {path} lacks the fields problem/answer")
-        return [Sample(r.get("unique_id", str(i)), r["problem"] + "\nPut the final answer "
-                       "in \\boxed{}.", r["answer"]) for i, r in enumerate(rows[:limit])]
-
-    def score(self, s: Sample, completion: str) -> Verdict:
-        got = extract_boxed(completion)
-        return Verdict(got, math_equal(got, s.reference))
+MATH500 = AnswerTask(
+    "math500", 512, "MATH-500's test.jsonl (fields problem, answer)", ("problem", "answer"),
+    lambda i, r: Sample(r.get("unique_id", str(i)), r["problem"] + "\nPut the final answer "
+                        "in \\boxed{}.", r["answer"]),
+    extract_boxed, math_equal)
 
 
 class MBPP:
@@ -138,4 +147,4 @@ class HumanEval:
         return Verdict(code, v.passed, v.reason)
 
 
-TASKS = {t.name: t for t in (GSM8K(), MATH500(), MBPP(), HumanEval())}
+TASKS = {t.name: t for t in (GSM8K, MATH500, MBPP(), HumanEval())}
