@@ -24,7 +24,7 @@ import torch
 
 from .. import text as textlib
 from ..config import DecodeSettings
-from ..decoding.loop import Emit, Request, Step, decode
+from ..decoding.loop import Emit, Request, decode
 
 log = logging.getLogger("nextblock.serve")
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import nextblock
 from nextblock.cli import main
 from nextblock.training import export as ex
-from nextblock.training.trainer import AdaptConfig, adapt, build_model
+from nextblock.training.trainer import AdaptConfig, build_model
 from tests.helpers import save_tiny
 from tests.training.test_trainer import write_chat
 
