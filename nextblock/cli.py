@@ -242,7 +242,7 @@ def cmd_eval(args) -> int:
     with Progress(transient=True) as bar:
         t = bar.add_task(f"{args.task} {settings.mode}", total=len(samples))
         row = evaluate(lm, task, samples, settings, args.out, resume=args.resume,
-                       progress=lambda rec: bar.advance(t))
+                       progress=lambda rec: bar.advance(t), n=args.samples)
     print(f"{args.task} [{settings.mode}] accuracy {row['accuracy']:.3f} on "
           f"{row['samples']} samples, {row['tokens_per_s']:.1f} tokens/s, "
           f"{row['tokens_per_forward']:.2f} tokens/forward; summary in "
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="the first N problems")
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--resume", action="store_true", help="skip samples already recorded")
+    p.add_argument("--samples", type=int, default=1,
+                   help="completions per problem (with --temperature), for pass@k")
     _add_model_args(p)
     _add_decode_args(p)
     p.set_defaults(func=cmd_eval)

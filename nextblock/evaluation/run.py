@@ -6,13 +6,15 @@
 Each run appends to OUT/TASK-LABEL.jsonl (LABEL: the mode and its settings), one record per
 sample: prompt, completion, extracted answer, verdict, tokens, forwards, seconds. `--resume`
 skips samples already recorded. OUT/TASK-summary.md (and .json) then lists, per label:
-accuracy, generated tokens/s, tokens per forward, mean forwards per sample, and agreement of
-the extracted answers with the AR run when one exists.
+accuracy (pass@1), generated tokens/s, tokens per forward, mean forwards per sample, and
+agreement of the extracted answers with the AR run when one exists; with `--samples N`
+(N completions per problem, sampled) also pass@k for k = 2, 4, ... <= N.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..config import DecodeSettings
@@ -26,9 +28,18 @@ def label(s: DecodeSettings) -> str:
     return f"{s.mode}-B{s.block_size}{sub}-t{s.threshold}"
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c passed (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
 def evaluate(lm, task, samples: list[Sample], settings: DecodeSettings, out: str | Path,
-             resume: bool = False, progress=None) -> dict:
-    """Generate (batch 1, so timings are per sample) and score; returns the summary row."""
+             resume: bool = False, progress=None, n: int = 1) -> dict:
+    """Generate (batch 1, so timings are per sample) and score; returns the summary row.
+    With n > 1, each problem gets n completions (seeds seed, seed+1, ...; sample with a
+    temperature) and pass@k for k = 1, 2, 4, ... <= n is reported."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{task.name}-{label(settings)}.jsonl"
@@ -42,14 +53,23 @@ def evaluate(lm, task, samples: list[Sample], settings: DecodeSettings, out: str
         for s in samples:
             if s.id in done:
                 continue
-            gen = lm.generate(s.prompt, settings=settings)
-            v = task.score(s, gen.text)
+            seed = settings.seed or 0
+            gens = [lm.generate(s.prompt, settings=settings if n == 1 else
+                                settings.replace(seed=seed + i)) for i in range(n)]
+            verdicts = [task.score(s, g.text) for g in gens]
+            gen, v = gens[0], verdicts[0]
             rec = {"id": s.id, "prompt": s.prompt, "completion": gen.text,
                    "extracted": v.extracted, "correct": v.correct, "detail": v.detail,
                    "reference": s.reference if isinstance(s.reference, str) else None,
-                   "tokens": len(gen.tokens), "forwards": gen.forwards,
-                   "seconds": round(gen.seconds, 4), "finish_reason":
-                   gen.completions[0].finish_reason}
+                   "tokens": sum(len(g.tokens) for g in gens),
+                   "forwards": sum(g.forwards for g in gens),
+                   "seconds": round(sum(g.seconds for g in gens), 4), "finish_reason":
+                   gen.completions[0].finish_reason, "n": n,
+                   "passed": sum(x.correct for x in verdicts)}
+            if n > 1:
+                rec["samples"] = [{"completion": g.text, "extracted": x.extracted,
+                                   "correct": x.correct} for g, x in zip(gens[1:],
+                                                                       verdicts[1:])]
             f.write(json.dumps(rec) + "\n")
             f.flush()
             if progress is not None:
@@ -73,10 +93,16 @@ def summarise(out: str | Path, task_name: str) -> dict[str, dict]:
         tokens = sum(r["tokens"] for r in recs.values())
         seconds = sum(r["seconds"] for r in recs.values())
         forwards = sum(r["forwards"] for r in recs.values())
-        row = {"samples": n, "accuracy": sum(r["correct"] for r in recs.values()) / max(1, n),
+        row = {"samples": n, "accuracy": sum(r.get("passed", r["correct"]) / r.get("n", 1)
+                                             for r in recs.values()) / max(1, n),
                "tokens_per_s": tokens / seconds if seconds else 0.0,
                "tokens_per_forward": tokens / max(1, forwards),
                "forwards_per_sample": forwards / max(1, n), "agreement_with_ar": None}
+        draws = {r.get("n", 1) for r in recs.values()}
+        if len(draws) == 1 and (m := draws.pop()) > 1:  # pass@k over n draws per problem
+            for k in (2 ** i for i in range(1, m.bit_length())):
+                row[f"pass@{k}"] = sum(pass_at_k(m, r["passed"], k)
+                                       for r in recs.values()) / max(1, n)
         if ar is not None and name != "ar":
             common = [i for i in recs if i in ar]
             if common:

@@ -82,3 +82,24 @@ def test_runner_records_resumes_and_summarises(tmp_path):
     assert rows["verified-B4-t0.0"]["agreement_with_ar"] == 1.0  # lossless
     md = (tmp_path / "out" / "gsm8k-summary.md").read_text()
     assert "| ar | 3 |" in md and "verified-B4-t0.0" in md
+
+
+def test_pass_at_k_estimator_and_samples(tmp_path):
+    from nextblock.evaluation.run import pass_at_k
+
+    assert pass_at_k(4, 0, 1) == 0.0 and pass_at_k(4, 4, 2) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2)
+    assert pass_at_k(5, 2, 4) == 1.0  # fewer failures than k
+    lm = nextblock.load(save_tiny(tmp_path / "tiny"))
+    task = TASKS["gsm8k"]
+    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=2)
+    for s in samples:
+        s.prompt = "w1 w2 w3"
+    s = lm.settings(mode="ar", max_new_tokens=5, temperature=1.0, seed=3)
+    row = evaluate(lm, task, samples, s, tmp_path / "out", n=4)
+    assert {"pass@2", "pass@4"} <= set(row) and row["pass@4"] >= row["pass@2"] >= \
+        row["accuracy"]
+    rec = json.loads((tmp_path / "out" / "gsm8k-ar.jsonl").read_text().splitlines()[0])
+    assert rec["n"] == 4 and len(rec["samples"]) == 3
+    assert len({x["completion"] for x in rec["samples"]} | {rec["completion"]}) > 1
