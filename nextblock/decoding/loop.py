@@ -12,7 +12,7 @@ B = 1 there is nothing to denoise and the loop is exact, cached AR decoding.
 
 verified mode: the commit pass also checks the drafted block against its own causal choices
 (`verify`); rejected positions are dropped from the cache. Fused commit: the commit forward
-also carries the next block's first denoise step, anchored on a guess (`Rows.forward` with
+also carries the next block's first denoise step, anchored on a guess (`Rows.mask` with
 `noisy_from`); the result is used only if the commit confirms the guess.
 
 Rows of a batch are left-padded and move in lockstep; a row leaves the batch when it ends
