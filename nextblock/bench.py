@@ -121,7 +121,7 @@ def grid(lm, modes=MODES, block_sizes=None, thresholds=BLOCK_THRESHOLDS,
     return rows
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     try:  # Linux: "5" resets the peak resident set size of this process
@@ -130,7 +130,7 @@ def _reset_peak() -> None:
         pass
 
 
-def _peak_mb() -> float:
+def peak_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     try:
@@ -171,7 +171,7 @@ def measure(lm, row: Row, prompt_ids: list[list[int]], max_new_tokens: int,
     fn = _runner(lm, row, max_new_tokens)
     with torch.inference_mode():
         fn(prompt_ids[0])  # warm-up, not timed
-        _reset_peak()
+        reset_peak()
         rates = []
         for _ in range(repeats):
             outputs, forwards, fused = [], 0, 0
@@ -186,7 +186,7 @@ def measure(lm, row: Row, prompt_ids: list[list[int]], max_new_tokens: int,
             rates.append(tokens / dt)
     row.tokens_per_s = statistics.median(rates)
     row.tokens, row.forwards, row.fused_saved, row.outputs = tokens, forwards, fused, outputs
-    row.peak_mem_mb = round(_peak_mb(), 1)
+    row.peak_mem_mb = round(peak_mb(), 1)
     return row
 
 

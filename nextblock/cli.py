@@ -23,6 +23,8 @@ def _add_model_args(p):
     p.add_argument("--quantize", choices=["int8"], help="dynamic int8 linear layers (CPU)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model directory's own Python code (off by default)")
+    p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
+                   help="extend the context through RoPE scaling, e.g. yarn:4")
 
 
 def _add_decode_args(p):
@@ -41,12 +43,15 @@ def _add_decode_args(p):
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--fused-commit", action=argparse.BooleanOptionalAction, default=None,
                    help="run each commit together with the next block's first step")
+    g.add_argument("--prefill-chunk", type=int, help="prefill long prompts this many tokens "
+                   "per forward (bounded memory)")
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
 
 
 def _overrides(args) -> dict:
     names = ["mode", "block_size", "sub_block", "threshold", "confidence", "max_new_tokens",
-             "temperature", "top_p", "top_k", "repetition_penalty", "seed", "fused_commit"]
+             "temperature", "top_p", "top_k", "repetition_penalty", "seed", "fused_commit",
+             "prefill_chunk"]
     kw = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     if args.stop:
         kw["stop"] = tuple(args.stop)
@@ -57,7 +62,8 @@ def _load(args):
     from .loading import load
 
     return load(args.model, dtype=args.dtype, device=args.device,
-                trust_remote_code=args.trust_remote_code, quantize=args.quantize)
+                trust_remote_code=args.trust_remote_code, quantize=args.quantize,
+                rope_scaling=args.rope_scaling)
 
 
 def _summary(gen) -> str:
@@ -256,9 +262,10 @@ def cmd_adapt(args) -> int:
     names = ["data", "out", "model", "field", "seq_len", "batch_size", "grad_accum", "steps",
              "lr", "warmup", "schedule", "lora_r", "lora_alpha", "block_start", "block_max",
              "block_ratio", "block_warmup", "block_stage_steps", "block_growth_end",
-             "ar_weight", "mask_schedule", "precision", "seed", "save_every", "init_adapter"]
+             "ar_weight", "mask_schedule", "precision", "seed", "save_every", "init_adapter",
+             "rope_scaling", "attention", "attention_chunk"]
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    for flag in ("inverse_t_weight", "complementary", "grad_checkpointing"):
+    for flag in ("inverse_t_weight", "complementary", "grad_checkpointing", "pack_documents"):
         if getattr(args, flag):
             overrides[flag] = True
     cfg = (AdaptConfig.from_file(args.config, **overrides) if args.config
@@ -368,8 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
                       ("lora-alpha", int), ("block-start", int), ("block-max", int),
                       ("block-ratio", int), ("block-warmup", int), ("block-stage-steps", int),
                       ("block-growth-end", float), ("ar-weight", float), ("seed", int),
-                      ("save-every", int)]:
+                      ("save-every", int), ("attention-chunk", int)]:
         p.add_argument(f"--{name}", type=typ)
+    p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
+                   help="long-context stage: RoPE scaling beyond the base window, e.g. yarn:4")
+    p.add_argument("--pack-documents", action="store_true",
+                   help="pack text with document boundaries (no attention across documents)")
+    p.add_argument("--attention", choices=["auto", "dense", "chunked"],
+                   help="training attention: chunked keeps memory linear in --seq-len")
     p.add_argument("--schedule", choices=["cosine", "wsd"])
     p.add_argument("--mask-schedule", choices=["block", "sequence"])
     p.add_argument("--precision", choices=["fp32", "bf16"])

@@ -39,6 +39,9 @@ class DecodeSettings:
     fused_commit: the forward that commits a block also runs the next block's first denoise
     step, anchored on the guess the last denoise step made; kept only when the commit
     confirms the guess. Output is identical either way; it saves forwards.
+
+    prefill_chunk: a long prompt is prefilled in chunks of this many tokens, so its memory
+    is bounded (a [chunk, context] mask and chunk-sized activations) whatever its length.
     """
 
     mode: str = "block"
@@ -54,6 +57,7 @@ class DecodeSettings:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     fused_commit: bool = True
+    prefill_chunk: int = 2048  # the prompt is prefilled this many tokens per forward
 
     @property
     def effective_block_size(self) -> int:
@@ -102,6 +106,8 @@ class DecodeSettings:
             bad("repetition_penalty", "must be a finite number > 0 (1 means off)")
         if self.seed is not None and not _is_int(self.seed):
             bad("seed", "must be an integer")
+        if not _is_int(self.prefill_chunk) or self.prefill_chunk < 1:
+            bad("prefill_chunk", "must be an integer >= 1")
         if not isinstance(self.fused_commit, bool):
             bad("fused_commit", "must be true or false")
         if isinstance(self.stop, str):
@@ -136,6 +142,7 @@ class BlockConfig:
     trained_block_sizes: list[int] = field(default_factory=lambda: [1])
     decoding: dict = field(default_factory=dict)  # recommended DecodeSettings fields
     base_model: str | None = None
+    rope_scaling: dict | None = None  # RoPE parameters a long-context stage trained with
     version: int = 1
 
     def recommended(self) -> DecodeSettings:
@@ -165,6 +172,8 @@ class BlockConfig:
             raise ConfigError(f"{source}: block_size must be an integer >= 1")
         if cfg.shift != 1:
             raise ConfigError(f"{source}: shift={cfg.shift!r} is not supported (only 1)")
+        if cfg.rope_scaling is not None and not isinstance(cfg.rope_scaling, dict):
+            raise ConfigError(f"{source}: rope_scaling must be an object of RoPE parameters")
         if not isinstance(cfg.decoding, dict):
             raise ConfigError(f"{source}: decoding must be an object of decoding settings")
         bad = sorted(set(cfg.decoding) - {f.name for f in dataclasses.fields(DecodeSettings)})

@@ -178,11 +178,69 @@ def setup_mask_token(model, tokenizer) -> tuple[int, str]:
 QUANTIZATIONS = ("int8",)
 
 
+def parse_rope_scaling(spec) -> dict | None:
+    """'yarn:4' / 'linear:2' or a dict {"rope_type": ..., "factor": ..., ...} -> dict."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    kind, _, factor = str(spec).partition(":")
+    try:
+        return {"rope_type": kind, "factor": float(factor)}
+    except ValueError:
+        raise ConfigError(f"invalid rope scaling {spec!r}: expected TYPE:FACTOR, "
+                          "e.g. yarn:4") from None
+
+
+def set_rope_scaling(model, scaling: dict) -> int:
+    """Extend the model's context through its config's RoPE scaling (transformers' own
+    implementations: linear, yarn, llama3, longrope, ...): positions up to `factor` times
+    the original window. Returns the new context length. "dynamic" NTK is refused: its
+    frequencies change with the current length, so keys cached earlier would not match
+    (the KV cache must be exact)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from .modeling import decoder
+
+    scaling = dict(scaling)
+    kind = scaling.pop("type", None) or scaling.get("rope_type")
+    allowed = sorted(k for k in ROPE_INIT_FUNCTIONS if k != "dynamic")
+    if kind == "dynamic":
+        raise ConfigError("rope scaling 'dynamic' changes the frequencies with the sequence "
+                          "length, so cached keys would not match; use one of "
+                          + ", ".join(allowed))
+    if kind not in allowed:
+        raise ConfigError(f"unknown rope scaling type {kind!r} (supported: "
+                          f"{', '.join(allowed)})")
+    factor = scaling.get("factor")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1:
+        raise ConfigError(f"rope scaling factor must be a number >= 1, got {factor!r}")
+    cfg = model.config
+    old = dict(getattr(cfg, "rope_parameters", None) or {})
+    original = old.get("original_max_position_embeddings") or cfg.max_position_embeddings
+    cfg.rope_parameters = {**old, **scaling, "rope_type": kind,
+                           "original_max_position_embeddings": original}
+    cfg.max_position_embeddings = int(original * factor)
+    dec = decoder(model)
+    try:
+        dec.rotary_emb = type(dec.rotary_emb)(cfg).to(dec.embed_tokens.weight.device)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"rope scaling {kind!r}: {_one_line(e)}") from None
+    return cfg.max_position_embeddings
+
+
 def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "float32",
          device: str | None = None, trust_remote_code: bool = False,
-         quantize: str | None = None):
+         quantize: str | None = None, rope_scaling: str | dict | None = None):
     """Load a model spec (see module doc); returns a NextBlockModel. `quantize="int8"`:
-    int8 linear layers with per-token activation scales (nextblock.quant; CPU only)."""
+    int8 linear layers with per-token activation scales (nextblock.quant; CPU only).
+    `rope_scaling="yarn:4"` (or a dict of RoPE parameters): a longer context than the
+    model was trained for, through the architecture's own RoPE scaling."""
+    if rope_scaling is not None:
+        lm = load(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                  quantize=quantize)
+        scaling = parse_rope_scaling(rope_scaling)
+        set_rope_scaling(lm.model, scaling)
+        lm.config.rope_scaling = scaling
+        return lm
     if quantize is not None:
         if quantize not in QUANTIZATIONS:
             raise ConfigError(f"invalid quantize={quantize!r}: expected one of "
@@ -211,10 +269,12 @@ def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "f
     if source.is_dir() and (source / "adapter_config.json").exists():
         from .training.export import apply_adapter
 
-        base = BlockConfig.load(source).base_model or "default-base"
+        block = BlockConfig.load(source)
+        base = block.base_model or "default-base"
         if resolve(base).resolve() == source.resolve():
             raise ConfigError(f"{source / CONFIG_NAME}: base_model {base!r} is this adapter")
-        lm = load(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        lm = load(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                  rope_scaling=block.rope_scaling)  # the adapter was trained with it
         apply_adapter(lm, source)
         lm.name = name
         return lm

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from . import masks
 from .cache import KVCache
 
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -41,14 +42,33 @@ def _attention(attn, x, cos, sin, mask, cache: KVCache | None, layer: int):
     q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
     if cache is not None:
         k, v = cache.write(layer, k, v)
+    gqa = q.shape[1] != k.shape[1]
     if isinstance(mask, torch.Tensor) or mask is None:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling,
-                                           enable_gqa=q.shape[1] != k.shape[1])
-    else:  # a flex-attention BlockMask (long sequences)
+                                           enable_gqa=gqa)
+    elif isinstance(mask, masks.Chunked):  # long training sequences
+        o = _chunked_attention(q, k, v, mask, attn.scaling, gqa)
+    else:  # a flex-attention BlockMask (GPU)
         from torch.nn.attention.flex_attention import flex_attention
-        o = flex_attention(q, k, v, block_mask=mask, scale=attn.scaling,
-                           enable_gqa=q.shape[1] != k.shape[1])
+        o = flex_attention(q, k, v, block_mask=mask, scale=attn.scaling, enable_gqa=gqa)
     return attn.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+
+
+def _chunked_attention(q, k, v, mask: "masks.Chunked", scale: float, gqa: bool):
+    """Attention one query chunk at a time over the keys that chunk may see. Under autograd
+    each chunk is recomputed in the backward pass instead of keeping its mask: what stays
+    in memory is linear in the sequence length."""
+
+    def chunk(i, q, k, v):
+        q0, q1, kv = mask.chunks[i]
+        return F.scaled_dot_product_attention(
+            q[:, :, q0:q1], k.index_select(2, kv), v.index_select(2, kv),
+            attn_mask=mask.mask(i), scale=scale, enable_gqa=gqa)
+
+    grad = torch.is_grad_enabled() and q.requires_grad
+    return torch.cat([
+        torch.utils.checkpoint.checkpoint(chunk, i, q, k, v, use_reentrant=False) if grad
+        else chunk(i, q, k, v) for i in range(len(mask.chunks))], dim=2)
 
 
 def forward(model, input_ids: torch.Tensor, positions: torch.Tensor, mask,
@@ -57,9 +77,10 @@ def forward(model, input_ids: torch.Tensor, positions: torch.Tensor, mask,
     """Logits for positions [logits_from, T) of `input_ids` [B, T] (with hidden=True the
     final-normed hidden states instead, for callers that need logits at a few positions).
 
-    positions: [B, T] RoPE position ids; mask: bool [B, 1, T, K] (True = attend) or a
-    BlockMask, where K = cache.length + T with a cache, else T. With a cache the chunk's
-    keys/values are written after the stored ones; call `cache.commit(T)` to keep them.
+    positions: [B, T] RoPE position ids; mask: bool [B, 1, T, K] (True = attend), where
+    K = cache.length + T with a cache, else T; or, without a cache, a masks.Chunked (long
+    training sequences) or a flex BlockMask. With a cache the chunk's keys/values are
+    written after the stored ones; call `cache.commit(T)` to keep them.
     """
     dec = decoder(model)
     h = dec.embed_tokens(input_ids)

@@ -9,11 +9,14 @@ import torch.nn.functional as F
 from nextblock import masks
 
 
-def brute_training(L, b, n=None, off=0):
+def brute_training(L, b, n=None, off=0, docs=None):
     """Section 2 table, one (query, key) pair at a time. n: real tokens per half; off: where
-    the block grid starts (blocks before it counted backwards from it)."""
+    the block grid starts (blocks before it counted backwards from it); docs: the document
+    of each token (packed: no attention across documents, each with its own grid)."""
     n = L if n is None else n
-    blk = lambda i: (i - off) // b  # Python floor division
+    docs = docs or [0] * L
+    start = [docs.index(d) for d in docs]
+    blk = lambda i: (i - start[i] - off) // b  # Python floor division
     m = torch.zeros(2 * L, 2 * L, dtype=torch.bool)
     for q in range(2 * L):
         for k in range(2 * L):
@@ -27,6 +30,7 @@ def brute_training(L, b, n=None, off=0):
                 ok = False  # clean never sees noisy
             else:
                 ok = ki <= qi  # clean half is a plain causal LM
+            ok = ok and docs[qi] == docs[ki]
             if ki >= n:
                 ok = False  # padding key
             if qi >= n:
@@ -111,3 +115,66 @@ def test_block_sparse_form_gives_same_attention(L, b):
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
     got = flex_attention(q, k, v, block_mask=block)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def random_docs(rng, L, rows):
+    """Per-token document ids of packed rows: runs of random lengths."""
+    out = []
+    for _ in range(rows):
+        ids, d = [], 0
+        while len(ids) < L:
+            ids += [d] * rng.randint(1, L)
+            d += 1
+        out.append(ids[:L])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_training_mask_with_documents_matches_table(seed):
+    rng = random.Random(200 + seed)
+    L, b = rng.randint(2, 17), rng.randint(1, 6)
+    docs = random_docs(rng, L, 3)
+    lengths = torch.tensor([rng.randint(1, L) for _ in range(3)])
+    got = masks.training_mask(L, b, lengths, docs=torch.tensor(docs))
+    for r in range(3):
+        assert torch.equal(got[r, 0], brute_training(L, b, lengths[r].item(), docs=docs[r]))
+
+
+def assemble(chunked, n_q, n_kv):
+    """The full mask a Chunked mask stands for: every chunk's keys scattered into place."""
+    full = torch.zeros(chunked.batch, 1, n_q, n_kv, dtype=torch.bool)
+    covered = 0
+    for i, (q0, q1, kv) in enumerate(chunked.chunks):
+        assert q0 == covered  # chunks tile the queries in order
+        full[:, :, q0:q1, kv] = chunked.mask(i)
+        covered = q1
+    assert covered == n_q
+    return full
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_chunked_training_mask_is_the_dense_mask(seed):
+    """Each chunk's key set is a superset of what the rule allows: nothing is lost."""
+    rng = random.Random(300 + seed)
+    L, b, chunk = rng.randint(4, 40), rng.randint(1, 6), rng.randint(1, 16)
+    B = 2
+    kw = dict(lengths=torch.tensor([rng.randint(1, L) for _ in range(B)]))
+    if seed % 2:
+        kw["docs"] = torch.tensor(random_docs(rng, L, B))
+    else:
+        kw["offsets"] = torch.tensor([rng.randint(0, L - 1) for _ in range(B)])
+    dense = masks.training_mask(L, b, **kw)
+    chunked = masks.training_chunks(L, b, chunk=chunk, **kw)
+    assert torch.equal(assemble(chunked, 2 * L, 2 * L), dense)
+    clean = masks.training_chunks(L, b, chunk=chunk, clean_only=True, **kw)
+    assert torch.equal(assemble(clean, L, L), dense[:, :, L:, L:])
+
+
+def test_chunked_mask_keys_grow_linearly():
+    """Chunks of a 2L layout see O(L) keys each, never the whole 2L x 2L square."""
+    L, chunk = 4096, 512
+    chunked = masks.training_chunks(L, 4, chunk=chunk)
+    per_chunk = [len(kv) for _, _, kv in chunked.chunks]
+    assert max(per_chunk) <= L + chunk + 8
+    assert sum(q1 - q0 for q0, q1, _ in chunked.chunks) == 2 * L
+    assert sum(c * chunk for c in per_chunk) < 0.6 * (2 * L) ** 2  # a dense mask is 4 L^2

@@ -117,7 +117,7 @@ class Rows:
             self.seq[r, P - len(p):P] = torch.tensor(p, device=dev)
             self.valid[r, P - len(p):P] = True
         self.pos = torch.tensor([len(p) - P for p in prompts], device=dev)  # pads: < 0
-        self.cols = 0
+        self.cols, self.prompt_cols = 0, P
         self.steps = torch.arange(capacity, device=dev)
 
     def mask(self, T: int, causal: bool, noisy_from: int | None = None,
@@ -126,7 +126,8 @@ class Rows:
         `lengths[r]` < T: row r's block is shorter (its last one); the rest is not its key."""
         if self.cols + T > self.cache.max_len:
             self._grow(self.cols + T)
-        if self.cols:  # generated columns are real keys (the prompt sets its own)
+        if self.cols >= self.prompt_cols:  # generated columns are real keys (the prompt
+            # sets its own, also when it is prefilled in chunks)
             chunk = self.valid[:, self.cols:self.cols + T]
             chunk[:] = True if lengths is None else self.steps[None, :T] < lengths[:, None]
         return masks.decode_mask(self.valid[:, :self.cols + T], self.cols, T, causal,
@@ -265,7 +266,10 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
         smp = Sampler(s, mask_token_id, [r.seed for r in new])
         ids = torch.tensor([[r.prompt[0]] * (P - len(r.prompt)) + r.prompt for r in new],
                            device=part.seq.device)
-        logits = part.forward(ids, part.mask(P, True), store=P, logits_from=P - 1)
+        for c0 in range(0, P, s.prefill_chunk):  # chunked prefill: bounded memory
+            T = min(P - c0, s.prefill_chunk)
+            logits = part.forward(ids[:, c0:c0 + T], part.mask(T, True), store=T,
+                                  logits_from=T - 1)
         first = smp.choose(smp.probs(logits, part.history() if history else None))[:, 0]
         if rows is None:
             rows, sampler, anchor = part, smp, first

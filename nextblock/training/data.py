@@ -6,6 +6,9 @@ otherwise plain text.
 
 - Text is tokenised, joined with the end-of-sequence token and cut into `seq_len` rows
   (packing: no padding); every token is a target; the block grid starts at position 0.
+  With `documents=True` (long-context stages) each row also records which document every
+  token belongs to: attention stays inside a document, and each document has its own
+  positions and block grid (a document cut by a row boundary goes on as a new one).
 - Chat: one conversation per row, rendered with the model's chat template, truncated to
   `seq_len`; only assistant turns are targets. The block grid of a row starts at its first
   assistant response (`offset`), so training blocks line up with inference, where block 0
@@ -37,6 +40,7 @@ class Row:
     ids: list[int]
     targets: list[bool]  # which tokens the loss counts
     offset: int = 0  # where the block grid starts
+    docs: list[int] | None = None  # document of each token (packed with boundaries)
 
 
 def parse_source(spec: str) -> tuple[str, float]:
@@ -87,14 +91,19 @@ def read_records(path: str | Path, field: str | None = None) -> tuple[str, list]
     return ("chat" if field == "messages" else "text"), ds[field]
 
 
-def pack_text(texts: list[str], tokenizer, seq_len: int) -> list[Row]:
+def pack_text(texts: list[str], tokenizer, seq_len: int, documents: bool = False
+              ) -> list[Row]:
     eos = tokenizer.eos_token_id
     stream: list[int] = []
-    for t in texts:
+    doc: list[int] = []
+    for i, t in enumerate(texts):
         if t:
-            stream += tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
+            ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
+            stream += ids
+            doc += [i] * len(ids)
     n = len(stream) // seq_len
-    return [Row(stream[i * seq_len:(i + 1) * seq_len], [True] * seq_len) for i in range(n)]
+    cut = [slice(i * seq_len, (i + 1) * seq_len) for i in range(n)]
+    return [Row(stream[c], [True] * seq_len, docs=doc[c] if documents else None) for c in cut]
 
 
 def render_chat(messages: list[dict], tokenizer, seq_len: int, index: int = 0) -> Row | None:
@@ -124,10 +133,11 @@ def render_chat(messages: list[dict], tokenizer, seq_len: int, index: int = 0) -
     return Row(full[:seq_len], targets[:seq_len], offset)
 
 
-def load_rows(spec: str, tokenizer, seq_len: int, field: str | None = None) -> list[Row]:
+def load_rows(spec: str, tokenizer, seq_len: int, field: str | None = None,
+              documents: bool = False) -> list[Row]:
     kind, records = read_records(spec, field)
     if kind == "text":
-        rows = pack_text(records, tokenizer, seq_len)
+        rows = pack_text(records, tokenizer, seq_len, documents)
     else:
         if tokenizer.chat_template is None:
             raise DataError(f"{spec}: chat data needs a tokenizer with a chat template")
@@ -155,13 +165,18 @@ def plan(sizes: list[int], weights: list[float], n_examples: int, seed: int
 
 
 def collate(rows: list[Row], pad_id: int):
-    """Right-padded batch: (ids [B, L], lengths [B], targets [B, L], offsets [B])."""
+    """Right-padded batch: (ids [B, L], lengths [B], targets [B, L], offsets [B], docs
+    [B, L] or None when no row records documents)."""
     L = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
     targets = torch.zeros((len(rows), L), dtype=torch.bool)
+    with_docs = any(r.docs is not None for r in rows)
+    docs = torch.full((len(rows), L), -1, dtype=torch.long) if with_docs else None
     for i, r in enumerate(rows):
         ids[i, :len(r.ids)] = torch.tensor(r.ids)
         targets[i, :len(r.ids)] = torch.tensor(r.targets)
+        if with_docs:
+            docs[i, :len(r.ids)] = torch.tensor(r.docs or [0] * len(r.ids))
     lengths = torch.tensor([len(r.ids) for r in rows])
     offsets = torch.tensor([r.offset for r in rows])
-    return ids, lengths, targets, offsets
+    return ids, lengths, targets, offsets, docs

@@ -39,7 +39,7 @@ def find_checkpoint(run: str | Path) -> Path:
 
 def export(run: str | Path, out: str | Path, adapter: bool = False,
            dtype: torch.dtype = torch.float32, decoding: dict | None = None) -> Path:
-    from ..loading import load
+    from ..loading import load, parse_rope_scaling
 
     ckpt = find_checkpoint(run)
     state = json.loads((ckpt / "state.json").read_text())
@@ -57,7 +57,7 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
         mask_token_id=lm.config.mask_token_id, mask_token=lm.config.mask_token,
         block_size=state["block_size"], trained_block_sizes=state["trained_block_sizes"],
         decoding=decoding or {"mode": "block", "threshold": 0.9},
-        base_model=cfg.model or "default-base")
+        base_model=cfg.model or "default-base", rope_scaling=parse_rope_scaling(cfg.rope_scaling))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if adapter:

@@ -33,8 +33,19 @@ class ObjectiveSettings:
     inverse_t_weight: bool = False  # weight masked tokens by 1/t (not in the paper's loss)
     complementary: bool = False  # add a copy with the complementary mask (Fast-dLLM v2)
     min_t: float = 1e-3
+    # "dense": one [2L, 2L] mask; "chunked": query chunks over the keys each may see
+    # (memory linear in L, masks.Chunked); "auto": chunked from `chunked_from` tokens on
+    attention: str = "auto"
+    attention_chunk: int = 512
+    chunked_from: int = 2048
 
     def __post_init__(self):
+        if self.attention not in ("auto", "dense", "chunked"):
+            raise ConfigError(f"invalid attention={self.attention!r}: expected 'auto', "
+                              "'dense' or 'chunked'")
+        if not (isinstance(self.attention_chunk, int) and self.attention_chunk >= 1):
+            raise ConfigError(f"invalid attention_chunk={self.attention_chunk!r}: must be an "
+                              "integer >= 1")
         if self.mask_schedule not in ("block", "sequence"):
             raise ConfigError(f"invalid mask_schedule={self.mask_schedule!r}: "
                               "expected 'block' or 'sequence'")
@@ -53,14 +64,25 @@ class NoisyBatch:
     block_size: int
     ar_rows: torch.Tensor  # [B] bool: rows whose clean half counts for L_AR
     offsets: torch.Tensor | None = None  # [B] start of each row's block grid
+    docs: torch.Tensor | None = None  # [B, L] document of each token (packed rows)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """RoPE position ids, the same in both halves; each document starts at 0."""
+        B, L = self.clean.shape
+        if self.docs is None:
+            return torch.arange(L, device=self.clean.device).expand(B, L)
+        return masks.document_positions(self.docs)
 
 
 def noise(clean: torch.Tensor, block_size: int, mask_token_id: int,
           settings: ObjectiveSettings | None = None, lengths: torch.Tensor | None = None,
           loss_mask: torch.Tensor | None = None, generator=None,
-          offsets: torch.Tensor | None = None, draw_len: int | None = None) -> NoisyBatch:
+          offsets: torch.Tensor | None = None, draw_len: int | None = None,
+          docs: torch.Tensor | None = None) -> NoisyBatch:
     """Mask each non-anchor target token with probability t, t ~ U(min_t, 1) per block or
-    per sequence. `offsets[b]`: where row b's block grid starts (its response, for SFT).
+    per sequence. `offsets[b]`: where row b's block grid starts (its response, for SFT);
+    `docs[b, i]`: token i's document in a packed row (each document has its own grid).
     `generator`: one for the batch, or a list with one per row; with a list each row draws
     `draw_len` (>= L) values, so its noise does not depend on the batch it is in."""
     s = settings or ObjectiveSettings()
@@ -69,13 +91,15 @@ def noise(clean: torch.Tensor, block_size: int, mask_token_id: int,
         raise ConfigError(f"block size {block_size} does not fit sequences of length {L}")
     dev = clean.device
     lengths = torch.full((B,), L, device=dev) if lengths is None else lengths
-    pos = torch.arange(L, device=dev)
-    valid = pos[None, :] < lengths[:, None]
+    valid = torch.arange(L, device=dev)[None, :] < lengths[:, None]
     loss_mask = valid if loss_mask is None else (loss_mask & valid)
-    rel = pos[None, :] - (0 if offsets is None else offsets[:, None])  # position in the grid
+    pos = torch.arange(L, device=dev)[None, :] if docs is None else masks.document_positions(docs)
+    rel = pos - (0 if offsets is None else offsets[:, None])  # position in the grid
     per_row = isinstance(generator, (list, tuple))
     n = max(L, draw_len or 0) if per_row else L
-    n_t = (n + block_size - 1) // block_size + 1 if s.mask_schedule == "block" else 1
+    # one t per block of the grid (with documents a row can hold up to n blocks)
+    n_blocks = n if docs is not None else (n + block_size - 1) // block_size
+    n_t = n_blocks + 1 if s.mask_schedule == "block" else 1
 
     def rand(k):
         if per_row:
@@ -84,22 +108,23 @@ def noise(clean: torch.Tensor, block_size: int, mask_token_id: int,
 
     u = rand(n_t)
     t = s.min_t + (1 - s.min_t) * u
-    if n_t > 1:  # one t per block of the grid
-        blk = torch.div(rel, block_size, rounding_mode="floor").clamp(min=-1) + 1
+    eligible = loss_mask & (rel % block_size != 0)
+    if n_t > 1:  # block number: 0 before the grid starts, then 1, 2, ... at each anchor
+        blk = ((rel >= 0) & (rel % block_size == 0)).long().cumsum(dim=1)
         t = t.gather(1, blk.clamp(max=n_t - 1).expand(B, L))
     else:
         t = t.expand(B, L)
-    eligible = loss_mask & (rel % block_size != 0)
     draw = rand(n)[:, :L]
     masked = eligible & (draw < t)
     ar_rows = torch.ones(B, dtype=torch.bool, device=dev)
     if s.complementary and block_size > 1:
         masked = torch.cat([masked, eligible & ~masked])
         clean, t, lengths, loss_mask = (torch.cat([x, x]) for x in (clean, t, lengths, loss_mask))
-        offsets = None if offsets is None else torch.cat([offsets, offsets])
+        offsets, docs = (None if x is None else torch.cat([x, x]) for x in (offsets, docs))
         ar_rows = torch.cat([ar_rows, torch.zeros_like(ar_rows)])
     noisy = torch.where(masked, torch.full_like(clean, mask_token_id), clean)
-    return NoisyBatch(clean, noisy, masked, t, lengths, loss_mask, block_size, ar_rows, offsets)
+    return NoisyBatch(clean, noisy, masked, t, lengths, loss_mask, block_size, ar_rows, offsets,
+                      docs)
 
 
 @dataclass
@@ -143,25 +168,45 @@ class ObjectiveOutput:
                 "n_masked": self.n_masked}
 
 
-def training_hidden(model, batch: NoisyBatch, checkpoint: bool = False):
-    """(noisy-half or None, clean-half) final hidden states [B, L, H], in one forward."""
+def training_mask(batch: NoisyBatch, attention: str = "auto", chunk: int = 512,
+                  chunked_from: int = 2048):
+    """The attention mask of the training forward: dense, or masks.Chunked for long rows.
+    With block size 1 the layout is the clean half alone."""
     B, L = batch.clean.shape
-    pos = torch.arange(L, device=batch.clean.device).expand(B, L)
     full = bool((batch.lengths == L).all())
+    kw = dict(lengths=None if full else batch.lengths, offsets=batch.offsets, docs=batch.docs)
+    clean_only = batch.block_size == 1
+    if attention == "chunked" or (attention == "auto" and L >= chunked_from):
+        return masks.training_chunks(L, batch.block_size, batch=B, device=batch.clean.device,
+                                     chunk=chunk, clean_only=clean_only, **kw)
+    mod = masks.training_mask_mod(L, batch.block_size, **kw)
+    idx = torch.arange(L, device=batch.clean.device)
+    if clean_only:
+        idx = idx + L
+    else:
+        idx = torch.cat([idx, idx + L])
+    return masks.dense_at(mod, B, idx, idx)
+
+
+def training_hidden(model, batch: NoisyBatch, checkpoint: bool = False,
+                    settings: ObjectiveSettings | None = None):
+    """(noisy-half or None, clean-half) final hidden states [B, L, H], in one forward."""
+    s = settings or ObjectiveSettings()
+    L = batch.clean.shape[1]
+    mask = training_mask(batch, s.attention, s.attention_chunk, s.chunked_from)
+    pos = batch.positions
     if batch.block_size == 1:  # nothing is masked: only the clean, causal half matters
-        mask = masks.decode_mask(pos < batch.lengths[:, None], 0, L, causal=True)
         return None, forward(model, batch.clean, pos, mask, checkpoint=checkpoint, hidden=True)
-    mask = masks.training_mask(L, batch.block_size, None if full else batch.lengths, batch=B,
-                               device=batch.clean.device, offsets=batch.offsets)
     ids = torch.cat([batch.noisy, batch.clean], dim=1)
     h = forward(model, ids, torch.cat([pos, pos], dim=1), mask, checkpoint=checkpoint,
                 hidden=True)
     return h[:, :L], h[:, L:]
 
 
-def training_logits(model, batch: NoisyBatch, checkpoint: bool = False):
+def training_logits(model, batch: NoisyBatch, checkpoint: bool = False,
+                    settings: ObjectiveSettings | None = None):
     """(noisy-half logits or None, clean-half logits), each [B, L, V]."""
-    noisy, clean = training_hidden(model, batch, checkpoint)
+    noisy, clean = training_hidden(model, batch, checkpoint, settings)
     head = lm_head(model)
     return (None if noisy is None else head(noisy)), head(clean)
 
@@ -169,7 +214,7 @@ def training_logits(model, batch: NoisyBatch, checkpoint: bool = False):
 def objective(model, batch: NoisyBatch, settings: ObjectiveSettings | None = None,
               checkpoint: bool = False) -> ObjectiveOutput:
     s = settings or ObjectiveSettings()
-    noisy, clean = training_hidden(model, batch, checkpoint)
+    noisy, clean = training_hidden(model, batch, checkpoint, s)
     head = lm_head(model)  # applied only where a loss is taken: the vocabulary is large
     target = batch.clean[:, 1:]
 

@@ -62,6 +62,12 @@ class AdaptConfig:
     complementary: bool = False
     precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay fp32)
     grad_checkpointing: bool = False
+    # long context: RoPE scaling for positions beyond the base window ("yarn:4" or a dict of
+    # RoPE parameters), text rows packed with document boundaries, attention path
+    rope_scaling: str | dict | None = None
+    pack_documents: bool = False
+    attention: str = "auto"  # auto | dense | chunked (see training.objective)
+    attention_chunk: int = 512
     seed: int = 0
     save_every: int = 50
     keep: int = 2
@@ -81,6 +87,10 @@ class AdaptConfig:
             raise ConfigError(f"invalid schedule={self.schedule!r}: cosine or wsd")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"invalid precision={self.precision!r}: fp32 or bf16")
+        if self.attention not in ("auto", "dense", "chunked"):
+            raise ConfigError(f"invalid attention={self.attention!r}: auto, dense or chunked")
+        if self.attention_chunk < 1:
+            raise ConfigError(f"invalid attention_chunk={self.attention_chunk!r}: must be >= 1")
         if not self.lr > 0:
             raise ConfigError(f"invalid lr={self.lr!r}: must be > 0")
         return self
@@ -109,7 +119,8 @@ class AdaptConfig:
     def objective_settings(self) -> ObjectiveSettings:
         return ObjectiveSettings(ar_weight=self.ar_weight, mask_schedule=self.mask_schedule,
                                  inverse_t_weight=self.inverse_t_weight,
-                                 complementary=self.complementary)
+                                 complementary=self.complementary, attention=self.attention,
+                                 attention_chunk=self.attention_chunk)
 
 
 class MaskEmbedding(torch.nn.Module):
@@ -137,16 +148,22 @@ class TrainingModule(torch.nn.Module):
         self.mask_embedding = (MaskEmbedding(model.get_input_embeddings(), mask_token_id)
                                if lora else None)
 
-    def forward(self, ids, lengths, targets, offsets, block_size: int, seeds: list[int],
+    def forward(self, ids, lengths, targets, offsets, docs, block_size: int, seeds: list[int],
                 settings: ObjectiveSettings, draw_len: int, checkpoint: bool = False):
         gens = [torch.Generator().manual_seed(s) for s in seeds]  # one per row
         batch = noise(ids, block_size, self.mask_token_id, settings, lengths=lengths,
-                      loss_mask=targets, generator=gens, offsets=offsets, draw_len=draw_len)
+                      loss_mask=targets, generator=gens, offsets=offsets, draw_len=draw_len,
+                      docs=docs)
         return objective(self.model, batch, settings, checkpoint)
 
 
 def build_model(cfg: AdaptConfig, lm):
-    """The trainable module: LoRA adapters (+ mask embedding) or the full model."""
+    """The trainable module: LoRA adapters (+ mask embedding) or the full model, with the
+    run's RoPE scaling applied to the base model first."""
+    if cfg.rope_scaling is not None:
+        from ..loading import parse_rope_scaling, set_rope_scaling
+
+        set_rope_scaling(lm.model, parse_rope_scaling(cfg.rope_scaling))
     model = lm.model
     model.train()
     if cfg.lora_r:
@@ -298,14 +315,19 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
                       cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
     lm = load(cfg.model)
+    torch.manual_seed(cfg.seed)
+    module = build_model(cfg, lm)
+    if cfg.seq_len > lm.context_length:
+        raise ConfigError(f"seq_len={cfg.seq_len} is longer than the model's context "
+                          f"({lm.context_length} positions); extend it with rope_scaling, "
+                          f"e.g. \"yarn:{-(-cfg.seq_len // lm.context_length)}\"")
     sources = [parse_source(d) for d in cfg.data]
-    rows = [load_rows(path, lm.tokenizer, cfg.seq_len, cfg.field) for path, _ in sources]
+    rows = [load_rows(path, lm.tokenizer, cfg.seq_len, cfg.field, cfg.pack_documents)
+            for path, _ in sources]
     world, rank = acc.num_processes, acc.process_index
     per_step = cfg.grad_accum * cfg.batch_size * world
     order = plan([len(r) for r in rows], [w for _, w in sources], cfg.steps * per_step, cfg.seed)
 
-    torch.manual_seed(cfg.seed)
-    module = build_model(cfg, lm)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
@@ -340,11 +362,12 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
             for micro in range(cfg.grad_accum):
                 first = ((step * cfg.grad_accum + micro) * world + rank) * cfg.batch_size
                 picked = order[first:first + cfg.batch_size]
-                ids, lengths, targets, offsets = collate([rows[s][r] for s, r in picked], pad)
+                ids, lengths, targets, offsets, docs = collate(
+                    [rows[s][r] for s, r in picked], pad)
                 seeds = [cfg.seed * 1_000_003 + first + i for i in range(len(picked))]
                 o = module(ids.to(acc.device), lengths.to(acc.device), targets.to(acc.device),
-                           offsets.to(acc.device), b, seeds, settings, cfg.seq_len,
-                           cfg.grad_checkpointing)
+                           offsets.to(acc.device), None if docs is None else docs.to(acc.device),
+                           b, seeds, settings, cfg.seq_len, cfg.grad_checkpointing)
                 counts = torch.tensor([o.n_masked, o.n_ar], dtype=torch.float64,
                                       device=acc.device)
                 counts = acc.reduce(counts, "sum") if world > 1 else counts

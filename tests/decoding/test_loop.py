@@ -198,3 +198,38 @@ def test_context_limit_caps_generation():
     res = run(model, [prompt], settings(mode="block", block_size=4, max_new_tokens=50),
               mask_token_id=MASK, max_context=32)
     assert len(res.tokens[0]) == 12 and res.finish_reasons == ["length"]
+
+
+@pytest.mark.parametrize("mode", ["ar", "block", "verified"])
+def test_chunked_prefill_equals_one_pass(mode):
+    """A prompt prefilled a few tokens at a time (long contexts: bounded memory) gives the
+    tokens a one-pass prefill gives, also for a batch whose short row is padding for whole
+    chunks."""
+    model = tiny_model("qwen2", seed=8)
+    prompts = random_prompts([3, 29, 17], seed=9)
+    kw = dict(mode=mode, block_size=4, threshold=0.5, max_new_tokens=14)
+    whole = run(model, prompts, settings(prefill_chunk=4096, **kw), mask_token_id=MASK)
+    for chunk in (1, 5, 16):
+        chunked = run(model, prompts, settings(prefill_chunk=chunk, **kw), mask_token_id=MASK)
+        assert chunked.tokens == whole.tokens
+
+
+def test_chunked_prefill_builds_no_prompt_square_mask():
+    """Each prefill forward attends from at most `prefill_chunk` queries."""
+    import nextblock.decoding.loop as loop
+
+    model = tiny_model("llama")
+    seen = []
+    real = loop.masks.decode_mask
+
+    def spy(valid, start, length, causal, noisy_from=None):
+        seen.append(length)
+        return real(valid, start, length, causal, noisy_from)
+
+    loop.masks.decode_mask = spy
+    try:
+        run(model, random_prompts([40], seed=2), settings(mode="ar", max_new_tokens=2,
+                                                          prefill_chunk=16), mask_token_id=MASK)
+    finally:
+        loop.masks.decode_mask = real
+    assert seen[:3] == [16, 16, 8] and max(seen) == 16

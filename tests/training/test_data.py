@@ -77,6 +77,25 @@ def test_mixture_plan_is_deterministic_and_weighted():
 def test_collate_pads_right(tok):
     rows = pack_text(["w1 w2 w3 w4 w5 w6 w7"], tok, 4)
     rows[1].ids, rows[1].targets = rows[1].ids[:2], rows[1].targets[:2]
-    ids, lengths, targets, offsets = collate(rows, 0)
+    ids, lengths, targets, offsets, docs = collate(rows, 0)
+    assert docs is None  # rows packed without document boundaries
     assert ids.shape == (2, 4) and lengths.tolist() == [4, 2]
     assert ids[1, 2:].tolist() == [0, 0] and not targets[1, 2:].any()
+
+
+def test_packing_with_documents_records_boundaries(tok):
+    """No padding waste: documents are concatenated (each closed by EOS) and every token
+    knows its document; a document cut by a row boundary goes on in the next row."""
+    texts = ["w1 w2", "w3 w4 w5 w6", "", "w7 w8 w9"]  # 3 + 5 + 4 tokens: three rows
+    plain = pack_text(texts, tok, 4)
+    rows = pack_text(texts, tok, 4, documents=True)
+    assert [r.ids for r in rows] == [r.ids for r in plain]  # the same tokens, no padding
+    stream = [i for r in rows for i in r.ids]
+    docs = [d for r in rows for d in r.docs]
+    eos = tok.eos_token_id
+    # a document ends with its EOS: the next token starts another document
+    for i in range(len(stream) - 1):
+        assert (docs[i] != docs[i + 1]) == (stream[i] == eos)
+    assert sorted(set(docs)) == [0, 1, 3]  # the empty text adds nothing
+    ids, lengths, targets, offsets, d = collate(rows, 0)
+    assert d.tolist() == [r.docs for r in rows]

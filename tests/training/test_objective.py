@@ -141,3 +141,50 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()
                                 if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("b,docs", [(4, False), (1, False), (4, True), (8, True)])
+def test_chunked_attention_equals_dense(b, docs):
+    """The long-sequence path (query chunks, no 2L x 2L mask) gives the same loss and
+    gradients as the dense mask."""
+    model = tiny_model("llama", seed=2)
+    L = 40
+    x = batch_of(L, B=2, seed=6)
+    kw = dict(lengths=torch.tensor([L, 29]), generator=torch.Generator().manual_seed(4))
+    if docs:
+        kw["docs"] = torch.tensor([[0] * 9 + [1] * 20 + [2] * 11, [0] * 25 + [1] * 15])
+    nb = noise(x, b, MASK, **kw)
+    results = []
+    for attention in ("dense", "chunked"):
+        model.zero_grad()
+        s = ObjectiveSettings(attention=attention, attention_chunk=7)
+        out = objective(model, nb, s)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((out.loss.detach(), out.n_correct, grads))
+    (l1, c1, g1), (l2, c2, g2) = results
+    torch.testing.assert_close(l2, l1, atol=1e-5, rtol=1e-5)
+    assert c1 == c2 and len(g1) == len(g2) > 0
+    for a, g in zip(g1, g2):
+        torch.testing.assert_close(g, a, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["dense", "chunked"])
+def test_packed_documents_do_not_see_each_other(attention):
+    """A document packed after another gives the logits it gives alone (both halves):
+    no attention across the boundary, positions and block grid restart at its start."""
+    model = tiny_model("qwen3", seed=3)
+    first, second = batch_of(11, B=1, seed=7), batch_of(17, B=1, seed=8)
+    packed = torch.cat([first, second], dim=1)
+    docs = torch.tensor([[0] * 11 + [1] * 17])
+    nb = noise(packed, 4, MASK, docs=docs, generator=torch.Generator().manual_seed(5))
+    assert not nb.masked[0, [0, 4, 8, 11, 15, 19, 23]].any()  # anchors of both grids
+    assert torch.equal(nb.positions[0, 11:], torch.arange(17))
+    alone = noise(second, 4, MASK)
+    alone.noisy, alone.masked = nb.noisy[:, 11:], nb.masked[:, 11:]
+    s = ObjectiveSettings(attention=attention, attention_chunk=5)
+    with torch.no_grad():
+        noisy, clean = training_logits(model, nb, settings=s)
+        n2, c2 = training_logits(model, alone, settings=s)
+    torch.testing.assert_close(noisy[:, 11:], n2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(clean[:, 11:], c2, atol=1e-5, rtol=1e-5)

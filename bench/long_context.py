@@ -1,0 +1,233 @@
+"""Long-context costs: training step (dense vs chunked attention), decoding at long context
+per mode, and a retrieval probe. Every number comes from this run; nothing is asserted.
+
+    python bench/long_context.py train  --lengths 1024,2048,4096,8192
+    python bench/long_context.py decode --lengths 1024,4096,8192,16384,32768 --new 128
+    python bench/long_context.py probe  --lengths 1024,4096,8192 --trials 4
+
+train: one optimizer-free training step (forward + backward of the objective, LoRA r=32 as
+in the default recipe, gradient checkpointing, batch 1, block size 4) on the default base
+model in the doubled [noisy | clean] layout, per length and attention path: seconds and
+peak resident memory (and its growth over the loaded model). `--attention dense,chunked`.
+
+decode: a raw-text prompt of N tokens (Python standard-library source, always on disk), N
+from --lengths; per mode: prefill seconds (chunked prefill), generated tokens/s after the
+prefill, tokens per forward, peak memory, and block/verified speed-up over AR at the same
+length (tokens per forward counts the forwards after the prefill). Beyond the window the run applies --rope-scaling (default yarn, the factor
+that covers the longest length).
+
+probe: a fact ("The secret number is N.") planted 10% into a long filler prompt, asked at
+the end; hits out of --trials per length and mode, for --model (default: the adapted
+default). Report it whatever it shows.
+
+Background work distorts timings: run this on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+
+from nextblock.bench import peak_mb, reset_peak
+
+
+def filler_tokens(tokenizer, n: int) -> list[int]:
+    """At least n tokens of real text: the standard library's own sources."""
+    out: list[int] = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        out += tokenizer(path.read_text(errors="replace"), add_special_tokens=False)["input_ids"]
+        if len(out) >= n:
+            return out[:n]
+    raise SystemExit(f"not enough standard-library text for {n} tokens")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def table(title: str, cols: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r])
+    Console(width=160).print(t)
+
+
+def bench_train(args) -> list[dict]:
+    import nextblock
+    from nextblock.training.objective import ObjectiveSettings, noise, objective
+    from nextblock.training.trainer import AdaptConfig, build_model
+
+    out = []
+    for L in args.lengths:
+        for attention in args.attention:
+            lm = nextblock.load(args.model)
+            scaling = _scaling_for(lm, L, args.rope_scaling)
+            cfg = AdaptConfig(data=["-"], lora_r=32, lora_alpha=64, rope_scaling=scaling)
+            module = build_model(cfg, lm)
+            ids = torch.tensor([filler_tokens(lm.tokenizer, L)])
+            settings = ObjectiveSettings(attention=attention)
+            batch = noise(ids, 4, lm.config.mask_token_id, settings,
+                          generator=torch.Generator().manual_seed(0))
+            base = rss_mb()
+            reset_peak()
+            t0 = time.perf_counter()
+            o = objective(module.model, batch, settings, checkpoint=True)
+            o.loss.backward()
+            sec = time.perf_counter() - t0
+            peak = peak_mb()
+            rec = {"length": L, "attention": attention, "seconds": sec, "peak_mb": peak,
+                   "growth_mb": peak - base, "loss": o.loss.item(),
+                   "tokens_per_s": L / sec}
+            print(json.dumps(rec), flush=True)
+            out.append(rec)
+            del module, lm, o, batch
+    table("training step, doubled layout (forward + backward, batch 1, b = 4)",
+          ["length", "attention", "seconds", "tokens/s", "peak MB", "growth MB", "loss"],
+          [[r["length"], r["attention"], r["seconds"], r["tokens_per_s"], r["peak_mb"],
+            r["growth_mb"], r["loss"]] for r in out])
+    return out
+
+
+def _scaling_for(lm, length: int, kind: str) -> str | None:
+    """RoPE scaling for `length` positions: None inside the window, else the smallest
+    power-of-two factor that covers it."""
+    factor = 1
+    while lm.context_length * factor < length:
+        factor *= 2
+    return None if factor == 1 else f"{kind}:{factor}"
+
+
+def bench_decode(args) -> list[dict]:
+    import nextblock
+    from nextblock.decoding.loop import Result, decode
+
+    out = []
+    longest = max(args.lengths)
+    probe = nextblock.load(args.model)
+    scaling = _scaling_for(probe, longest + args.new + 64, args.rope_scaling)
+    del probe
+    lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
+    tokens = filler_tokens(lm.tokenizer, longest)
+    for L in args.lengths:
+        ar = None
+        for mode in args.modes:
+            kw = dict(mode=mode, max_new_tokens=args.new, prefill_chunk=args.prefill_chunk)
+            if mode != "ar":
+                kw.update(block_size=args.block_size, threshold=args.threshold)
+            s = lm.settings(**kw)
+            res, stamps = Result.empty([tokens[:L]]), []
+            reset_peak()
+            t0 = time.perf_counter()
+            # no stop token: every mode writes exactly --new tokens
+            for ev in decode(lm.model, [tokens[:L]], s, mask_token_id=lm.config.mask_token_id,
+                             max_context=lm.context_length):
+                stamps.append(time.perf_counter())
+                res.add(ev)
+            end = time.perf_counter()
+            rec = {"length": L, "mode": mode, "rope_scaling": scaling,
+                   "prefill_s": stamps[0] - t0, "tokens": res.new_tokens,
+                   "decode_tok_s": res.new_tokens / (end - stamps[0]),
+                   "tokens_per_forward": res.new_tokens / max(1, res.forwards - 1),
+                   "peak_mb": peak_mb(), "output": res.tokens[0]}
+            if mode == "ar":
+                ar = rec
+            rec["speedup_vs_ar"] = rec["decode_tok_s"] / ar["decode_tok_s"] if ar else None
+            rec["agreement"] = (sum(a == b for a, b in zip(rec["output"], ar["output"]))
+                                / max(1, len(ar["output"]))) if ar else None
+            print(json.dumps({k: v for k, v in rec.items() if k != "output"}), flush=True)
+            out.append(rec)
+    table(f"decoding {args.new} new tokens after a long prompt ({args.model}, "
+          f"rope scaling: {scaling or 'none'})",
+          ["context", "mode", "prefill s", "tok/s", "tok/fwd", "x AR", "agree AR", "peak MB"],
+          [[r["length"], r["mode"], r["prefill_s"], r["decode_tok_s"], r["tokens_per_forward"],
+            "-" if r["speedup_vs_ar"] is None else r["speedup_vs_ar"],
+            "-" if r["agreement"] is None else r["agreement"], r["peak_mb"]] for r in out])
+    return out
+
+
+def bench_probe(args) -> list[dict]:
+    import nextblock
+
+    probe = nextblock.load(args.model)
+    scaling = _scaling_for(probe, max(args.lengths) + 128, args.rope_scaling)
+    del probe
+    lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
+    tok = lm.tokenizer
+    rng = random.Random(0)
+    question = "\n\nWhat is the secret number mentioned in the text above? Answer with the number."
+    out = []
+    for L in args.lengths:
+        for mode in args.modes:
+            hits = []
+            for trial in range(args.trials):
+                secret = str(rng.randint(10000, 99999))
+                fact = tok(f"\nThe secret number is {secret}.\n",
+                           add_special_tokens=False)["input_ids"]
+                q = tok(question, add_special_tokens=False)["input_ids"]
+                body = filler_tokens(tok, L)[:L - len(fact) - len(q) - 64]
+                at = len(body) // 10
+                text = tok.decode(body[:at] + fact + body[at:] + q)
+                kw = dict(mode=mode, max_new_tokens=16, prefill_chunk=args.prefill_chunk)
+                if mode != "ar":
+                    kw.update(block_size=args.block_size, threshold=args.threshold)
+                gen = lm.generate([{"role": "user", "content": text}], **kw)
+                hits.append(secret in gen.text)
+            rec = {"length": L, "mode": mode, "hits": sum(hits), "trials": len(hits),
+                   "model": args.model, "rope_scaling": scaling}
+            print(json.dumps(rec), flush=True)
+            out.append(rec)
+    table(f"retrieval probe ({args.model}; a fact at 10% of the prompt, asked at the end)",
+          ["context", "mode", "hits", "trials"],
+          [[r["length"], r["mode"], r["hits"], r["trials"]] for r in out])
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["train", "decode", "probe"])
+    p.add_argument("--model", default=None, help="model spec (train: default-base)")
+    p.add_argument("--lengths", help="comma-separated token counts")
+    p.add_argument("--attention", default="dense,chunked")
+    p.add_argument("--modes", default="ar,block,verified")
+    p.add_argument("--new", type=int, default=128, help="new tokens (decode)")
+    p.add_argument("--block-size", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--prefill-chunk", type=int, default=2048)
+    p.add_argument("--rope-scaling", default="yarn", help="type used beyond the window")
+    p.add_argument("--quantize", choices=["int8"])
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="also write the records to this file")
+    args = p.parse_args(argv)
+    defaults = {"train": "1024,2048,4096,8192", "decode": "1024,4096,8192,16384,32768",
+                "probe": "1024,4096,8192"}
+    args.lengths = [int(x) for x in (args.lengths or defaults[args.what]).split(",")]
+    args.attention = args.attention.split(",")
+    args.modes = args.modes.split(",")
+    if args.model is None:
+        args.model = "default-base" if args.what == "train" else "default"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = {"train": bench_train, "decode": bench_decode, "probe": bench_probe}[args.what](args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
