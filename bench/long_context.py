@@ -13,7 +13,7 @@ peak resident memory (and its growth over the loaded model). `--attention dense,
 decode: a raw-text prompt of N tokens (Python standard-library source, always on disk), N
 from --lengths; per mode: prefill seconds (chunked prefill), generated tokens/s after the
 prefill, tokens per forward, peak memory, and block/verified speed-up over AR at the same
-length (tokens per forward counts the forwards after the prefill). Beyond the window the run applies --rope-scaling (default yarn, the factor
+length. Beyond the window the run applies --rope-scaling (default yarn, the factor
 that covers the longest length).
 
 probe: a fact ("The secret number is N.") planted 10% into a long filler prompt, asked at
@@ -114,6 +114,7 @@ def _scaling_for(lm, length: int, kind: str) -> str | None:
 
 def bench_decode(args) -> list[dict]:
     import nextblock
+    from nextblock.cache import KVCache
     from nextblock.decoding.loop import Result, decode
 
     out = []
@@ -123,6 +124,7 @@ def bench_decode(args) -> list[dict]:
     del probe
     lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
     tokens = filler_tokens(lm.tokenizer, longest)
+    per_token = KVCache.for_model(lm.model, 1, 1).bytes_per_token
     for L in args.lengths:
         ar = None
         for mode in args.modes:
@@ -142,8 +144,9 @@ def bench_decode(args) -> list[dict]:
             rec = {"length": L, "mode": mode, "rope_scaling": scaling,
                    "prefill_s": stamps[0] - t0, "tokens": res.new_tokens,
                    "decode_tok_s": res.new_tokens / (end - stamps[0]),
-                   "tokens_per_forward": res.new_tokens / max(1, res.forwards - 1),
-                   "peak_mb": peak_mb(), "output": res.tokens[0]}
+                   "tokens_per_forward": res.new_tokens / res.forwards,
+                   "peak_mb": peak_mb(), "kv_cache_mb": per_token * (L + args.new) / 2**20,
+                   "output": res.tokens[0]}
             if mode == "ar":
                 ar = rec
             rec["speedup_vs_ar"] = rec["decode_tok_s"] / ar["decode_tok_s"] if ar else None
@@ -153,10 +156,12 @@ def bench_decode(args) -> list[dict]:
             out.append(rec)
     table(f"decoding {args.new} new tokens after a long prompt ({args.model}, "
           f"rope scaling: {scaling or 'none'})",
-          ["context", "mode", "prefill s", "tok/s", "tok/fwd", "x AR", "agree AR", "peak MB"],
+          ["context", "mode", "prefill s", "tok/s", "tok/fwd", "x AR", "agree AR", "KV MB",
+           "peak MB"],
           [[r["length"], r["mode"], r["prefill_s"], r["decode_tok_s"], r["tokens_per_forward"],
             "-" if r["speedup_vs_ar"] is None else r["speedup_vs_ar"],
-            "-" if r["agreement"] is None else r["agreement"], r["peak_mb"]] for r in out])
+            "-" if r["agreement"] is None else r["agreement"], r["kv_cache_mb"], r["peak_mb"]]
+           for r in out])
     return out
 
 

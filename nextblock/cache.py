@@ -35,6 +35,13 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    @property
+    def bytes_per_token(self) -> int:
+        """Memory one position costs: keys and values of every layer and KV head, nothing
+        else (GQA models store only their KV heads)."""
+        layers, batch, heads, _, dim = self.k.shape
+        return 2 * layers * batch * heads * dim * self.k.element_size()
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Put a chunk's keys/values after the stored ones; return keys/values to attend to."""
         end = self.length + k.shape[2]

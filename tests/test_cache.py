@@ -74,3 +74,17 @@ def test_truncate_and_keep_rows():
         pass
     else:
         raise AssertionError("truncating beyond the stored length must fail")
+
+
+def test_memory_per_token_is_what_the_architecture_needs():
+    """Per position, the cache costs what transformers' own KV cache costs for the same
+    model (keys and values of the KV heads only, under GQA), and its buffers hold
+    nothing else."""
+    model = tiny_model("qwen3")  # 4 query heads, 2 KV heads
+    T = 9
+    hf = hf_causal_kv(model, list(range(3, 3 + T)))
+    hf_per_token = sum(k.nbytes + v.nbytes for k, v in hf) / T
+    cache = KVCache.for_model(model, batch=1, max_len=50)
+    assert cache.bytes_per_token == hf_per_token
+    assert cache.k.nbytes + cache.v.nbytes == cache.bytes_per_token * cache.max_len
+    assert KVCache.for_model(model, batch=3, max_len=5).bytes_per_token == 3 * hf_per_token
