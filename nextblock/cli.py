@@ -240,7 +240,8 @@ def cmd_eval(args) -> int:
     from .evaluation.tasks import TASKS
 
     task = TASKS[args.task]
-    samples = task.load(args.data, args.limit)
+    samples = task.load(args.data, args.limit, style=args.style, fewshot=args.fewshot,
+                        fewshot_data=args.fewshot_data)
     lm = _load(args)
     kw = _overrides(args)
     kw.setdefault("max_new_tokens", task.max_new_tokens)
@@ -358,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip samples already recorded")
     p.add_argument("--samples", type=int, default=1,
                    help="completions per problem (with --temperature), for pass@k")
+    p.add_argument("--style", choices=["chat", "base"], default="chat",
+                   help="chat: zero-shot chat prompt (instruct models); base: the papers' "
+                   "plain-text few-shot prompts (base models)")
+    p.add_argument("--fewshot", type=int, help="examples in a base prompt (gsm8k 8, mbpp 3)")
+    p.add_argument("--fewshot-data", help="gsm8k: the training split for few-shot examples "
+                   "(default: train.jsonl beside --data)")
     _add_model_args(p)
     _add_decode_args(p)
     p.set_defaults(func=cmd_eval)

@@ -7,7 +7,8 @@ Each run appends to OUT/TASK-LABEL.jsonl (LABEL: the mode and its settings), one
 sample: prompt, completion, extracted answer, verdict, tokens, forwards, seconds. `--resume`
 skips samples already recorded. OUT/TASK-summary.md (and .json) then lists, per label:
 accuracy (pass@1), generated tokens/s, tokens per forward, mean forwards per sample, and
-agreement of the extracted answers with the AR run when one exists; with `--samples N`
+agreement of the extracted answers with the AR run (of the same prompt style) when one
+exists; with `--samples N`
 (N completions per problem, sampled) also pass@k for k = 2, 4, ... <= N.
 """
 
@@ -21,11 +22,13 @@ from ..config import DecodeSettings
 from .tasks import Sample
 
 
-def label(s: DecodeSettings) -> str:
+def label(s: DecodeSettings, base: bool = False) -> str:
+    """The run's name: mode and settings, prefixed "base-" for base-style prompts."""
+    style = "base-" if base else ""
     if s.mode == "ar":
-        return "ar"
+        return style + "ar"
     sub = f"-sub{s.sub_block}" if s.sub_block else ""
-    return f"{s.mode}-B{s.block_size}{sub}-t{s.threshold}"
+    return f"{style}{s.mode}-B{s.block_size}{sub}-t{s.threshold}"
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -42,7 +45,8 @@ def evaluate(lm, task, samples: list[Sample], settings: DecodeSettings, out: str
     temperature) and pass@k for k = 1, 2, 4, ... <= n is reported."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{task.name}-{label(settings)}.jsonl"
+    name = label(settings, base=bool(samples) and not samples[0].chat)
+    path = out / f"{task.name}-{name}.jsonl"
     done = set()
     if path.exists():
         if resume:
@@ -54,8 +58,9 @@ def evaluate(lm, task, samples: list[Sample], settings: DecodeSettings, out: str
             if s.id in done:
                 continue
             seed = settings.seed or 0
-            gens = [lm.generate(s.prompt, settings=settings if n == 1 else
-                                settings.replace(seed=seed + i)) for i in range(n)]
+            run = settings.replace(stop=tuple(settings.stop) + s.stop) if s.stop else settings
+            gens = [lm.generate(s.prompt, chat=s.chat, settings=run if n == 1 else
+                                run.replace(seed=seed + i)) for i in range(n)]
             verdicts = [task.score(s, g.text) for g in gens]
             gen, v = gens[0], verdicts[0]
             rec = {"id": s.id, "prompt": s.prompt, "completion": gen.text,
@@ -74,7 +79,7 @@ def evaluate(lm, task, samples: list[Sample], settings: DecodeSettings, out: str
             f.flush()
             if progress is not None:
                 progress(rec)
-    return summarise(out, task.name)[label(settings)]
+    return summarise(out, task.name)[name]
 
 
 def _records(path: Path) -> dict[str, dict]:
@@ -86,9 +91,9 @@ def summarise(out: str | Path, task_name: str) -> dict[str, dict]:
     out = Path(out)
     runs = {p.stem[len(task_name) + 1:]: _records(p)
             for p in sorted(out.glob(f"{task_name}-*.jsonl"))}
-    ar = runs.get("ar")
     rows = {}
     for name, recs in runs.items():
+        ar = runs.get("base-ar" if name.startswith("base-") else "ar")
         n = len(recs)
         tokens = sum(r["tokens"] for r in recs.values())
         seconds = sum(r["seconds"] for r in recs.values())
@@ -103,7 +108,7 @@ def summarise(out: str | Path, task_name: str) -> dict[str, dict]:
             for k in (2 ** i for i in range(1, m.bit_length())):
                 row[f"pass@{k}"] = sum(pass_at_k(m, r["passed"], k)
                                        for r in recs.values()) / max(1, n)
-        if ar is not None and name != "ar":
+        if ar is not None and ar is not recs:
             common = [i for i in recs if i in ar]
             if common:
                 row["agreement_with_ar"] = sum(recs[i]["extracted"] == ar[i]["extracted"]

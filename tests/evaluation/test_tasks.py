@@ -103,3 +103,51 @@ def test_pass_at_k_estimator_and_samples(tmp_path):
     rec = json.loads((tmp_path / "out" / "gsm8k-ar.jsonl").read_text().splitlines()[0])
     assert rec["n"] == 4 and len(rec["samples"]) == 3
     assert len({x["completion"] for x in rec["samples"]} | {rec["completion"]}) > 1
+
+
+def test_base_style_prompts_follow_the_papers_and_never_show_test_problems():
+    gsm = TASKS["gsm8k"]
+    test = gsm.load(DATA / "gsm8k" / "test.jsonl", limit=2, style="base")
+    train = [json.loads(x) for x in (DATA / "gsm8k" / "train.jsonl").read_text()
+             .splitlines()[:8]]
+    p = test[0].prompt
+    assert not test[0].chat and test[0].stop
+    assert p.count("Question: ") == 9 and p.endswith("Answer:")  # 8 shots, then the problem
+    assert all(r["question"] in p for r in train) and "<<" not in p  # annotations removed
+    tests_questions = [json.loads(x)["question"] for x in
+                       (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()[:2]]
+    assert p.count(tests_questions[0]) == 1 and tests_questions[1] not in p
+    assert gsm.load(DATA / "gsm8k" / "test.jsonl", limit=1, style="base", fewshot=2)[0] \
+        .prompt.count("Question: ") == 3
+    assert gsm.score(test[0], " Janet sells 9 * 2 = 18.\n#### 18").correct
+
+    mb = TASKS["mbpp"].load(DATA / "mbpp" / "mbpp.jsonl", limit=1, style="base")[0]
+    assert mb.prompt.count("[BEGIN]") == 4 and mb.prompt.count("[DONE]") == 3
+    assert mb.prompt.endswith("[BEGIN]\n") and "remove first and last occurrence" in \
+        mb.prompt.split("[DONE]")[-1]
+    right = ("def remove_Occ(s, ch):\n    i = s.find(ch)\n    j = s.rfind(ch)\n"
+             "    if i < 0:\n        return s\n    s = s[:i] + s[i + 1:]\n    j -= 1\n"
+             "    return s[:j] + s[j + 1:] if j >= i else s\n")
+    assert TASKS["mbpp"].score(mb, right).correct  # the completion before [DONE]
+
+    he = TASKS["humaneval"].load(limit=1, style="base")[0]
+    assert he.prompt.rstrip().endswith('"""') and "\ndef " in he.stop
+    with pytest.raises(nextblock.InputError, match="invalid prompt style 'fewshot'"):
+        gsm.load(DATA / "gsm8k" / "test.jsonl", style="fewshot")
+    with pytest.raises(nextblock.InputError, match="training split"):
+        gsm.load(DATA / "gsm8k" / "test.jsonl", style="base", fewshot_data=DATA / "nope")
+
+
+def test_base_style_run_uses_plain_text_and_stop_strings(tmp_path):
+    """A base-style run feeds the prompt without the chat template and cuts at the task's
+    stop string; its records are kept apart from chat-style runs."""
+    lm = nextblock.load(save_tiny(tmp_path / "tiny", seed=1))  # it writes 8 words here
+    task = TASKS["gsm8k"]
+    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=2, style="base", fewshot=1)
+    free = lm.generate("w1 w2 w3", chat=False, mode="ar", max_new_tokens=8).text.split()
+    for s in samples:
+        s.prompt, s.stop = "w1 w2 w3", (free[3],)  # a word the model writes: it must stop
+    row = evaluate(lm, task, samples, lm.settings(mode="ar", max_new_tokens=8), tmp_path)
+    rec = json.loads((tmp_path / "gsm8k-base-ar.jsonl").read_text().splitlines()[0])
+    assert row["samples"] == 2 and rec["finish_reason"] == "stop"
+    assert rec["completion"].split() == free[:3]
