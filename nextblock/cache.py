@@ -8,6 +8,7 @@ A forward always writes its keys/values into the slots just past `length` and at
     commit  (causal pass):  write, attend, advance        -> exactly what an AR model holds
     truncate(n):            length = n (verified decoding drops rejected tokens)
     grow(n):                more slots, stored ones kept
+    clone(n):               an independent copy (a prefilled prompt decoded several times)
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ class KVCache:
             new = old.new_zeros(old.shape[:3] + (max_len,) + old.shape[4:])
             new[:, :, :, :self.length] = old[:, :, :, :self.length]
             setattr(self, name, new)
+
+    def clone(self, max_len: int | None = None) -> "KVCache":
+        """An independent copy with `max_len` slots (at least the stored ones)."""
+        new = KVCache.__new__(KVCache)
+        size = max(self.length, max_len or self.max_len)
+        shape = self.k.shape[:3] + (size,) + self.k.shape[4:]
+        new.k, new.v = self.k.new_zeros(shape), self.v.new_zeros(shape)
+        new.k[:, :, :, :self.length] = self.k[:, :, :, :self.length]
+        new.v[:, :, :, :self.length] = self.v[:, :, :, :self.length]
+        new.length = self.length
+        return new
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop finished batch rows (rows: indices to keep)."""

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from . import text as textlib
 from .config import BlockConfig, DecodeSettings
-from .decoding.loop import Emit, Result, Step, decode, run
+from .decoding.loop import Emit, Prefix, Result, Step, decode, prefill, run
 from .errors import InputError
 from .modeling import context_limit
 
@@ -92,7 +92,7 @@ class NextBlockModel:
                              f"{self.context_length} tokens")
         return ids
 
-    def _prepare(self, prompts, chat, settings, overrides):
+    def _prepare(self, prompts, chat, settings, overrides, prefix=None):
         single = isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
         if not single and not (isinstance(prompts, (list, tuple)) and prompts):
@@ -104,16 +104,30 @@ class NextBlockModel:
         kw = dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,
                   stop_fn=textlib.stop_checker(self.tokenizer, s.stop),
                   max_context=self.context_length)
+        if prefix is not None:
+            if len(ids) != 1 or ids[0][:len(prefix.tokens)] != prefix.tokens:
+                raise InputError("prefix: it serves one prompt that starts with the prefilled "
+                                 f"tokens ({len(prefix.tokens)} of them)")
+            kw["prefix"] = prefix
         return ids, s, kw
 
     def generate(self, prompts, *, chat: bool | None = None, settings: DecodeSettings | None = None,
                  trace: bool = False, on_event: Callable[[Step | Emit], None] | None = None,
-                 **overrides) -> Generation:
+                 prefix: Prefix | None = None, **overrides) -> Generation:
         """Generate for one prompt or a batch (strings or message lists). Keyword overrides
-        are DecodeSettings fields: mode, block_size, sub_block, threshold, temperature, ..."""
-        ids, s, kw = self._prepare(prompts, chat, settings, overrides)
+        are DecodeSettings fields: mode, block_size, sub_block, threshold, temperature, ...
+        `prefix` (from `prefill`): the prompt's beginning, already prefilled."""
+        ids, s, kw = self._prepare(prompts, chat, settings, overrides, prefix)
         res = run(self.model, ids, s, trace=trace, on_event=on_event, **kw)
         return self.generation(res, s, ids)
+
+    def prefill(self, prompt, *, chat: bool | None = None, prefill_chunk: int = 2048) -> Prefix:
+        """Prefill one prompt once, to decode from it many times: `generate(prompt,
+        prefix=p)` (any mode, any settings) then skips its prefill, and a prompt that extends
+        it (a raw-text prompt with chat=False, say a long document and then a question)
+        prefills only the rest. Each use works on a copy."""
+        return prefill(self.model, self.encode(prompt, chat),
+                       mask_token_id=self.config.mask_token_id, chunk=prefill_chunk)
 
     def generation(self, res: Result, s: DecodeSettings, ids=()) -> Generation:
         """A loop Result as text completions with their counters."""
@@ -125,11 +139,11 @@ class NextBlockModel:
 
     def stream(self, prompt, *, chat: bool | None = None, settings: DecodeSettings | None = None,
                on_event: Callable[[Step | Emit], None] | None = None,
-               **overrides) -> Iterator[str]:
+               prefix: Prefix | None = None, **overrides) -> Iterator[str]:
         """Yield text as blocks are committed (one prompt); `on_event` sees every event."""
         import torch
 
-        ids, s, kw = self._prepare(prompt, chat, settings, overrides)
+        ids, s, kw = self._prepare(prompt, chat, settings, overrides, prefix)
         out = textlib.TextStream(self.tokenizer, s.stop)
         with torch.inference_mode():
             for ev in decode(self.model, ids, s, **kw):

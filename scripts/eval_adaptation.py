@@ -56,6 +56,8 @@ def main(argv=None):
     p.add_argument("--block-size", type=int, default=4)
     p.add_argument("--sub-block", type=int, default=None)
     p.add_argument("--thresholds", default="0.9")
+    p.add_argument("--verified", default="", help="thresholds for verified mode rows, e.g. "
+                   "0.0 (draft the whole block in one step); reports accepted drafts")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
@@ -70,17 +72,24 @@ def main(argv=None):
         (f"block b={args.block_size} thr={t}", {"mode": "block", "block_size": args.block_size,
                                                  "sub_block": args.sub_block,
                                                  "threshold": float(t)})
-        for t in args.thresholds.split(",")]
+        for t in args.thresholds.split(",")] + [
+        (f"verified b={args.block_size} thr={t}", {"mode": "verified",
+                                                    "block_size": args.block_size,
+                                                    "sub_block": args.sub_block,
+                                                    "threshold": float(t)})
+        for t in args.verified.split(",") if t]
     lm.generate(records[0]["question"], max_new_tokens=8)  # warm-up, not counted
     results = {}
     for name, kw in modes:
-        texts, toks, fwd, secs = [], 0, 0, 0.0
+        texts, toks, fwd, secs, drafted, accepted = [], 0, 0, 0.0, 0, 0
         for rec in records:
             g = lm.generate(rec["question"], max_new_tokens=args.max_new_tokens, **kw)
             texts.append(g.text)
             toks, fwd, secs = toks + g.new_tokens, fwd + g.forwards, secs + g.seconds
+            drafted, accepted = drafted + g.drafted, accepted + g.accepted
         gold = [r["answer"].split("####")[-1].strip().replace(",", "") for r in records]
         results[name] = {"texts": texts, "tokens": toks, "forwards": fwd, "seconds": secs,
+                         "accepted": accepted / drafted if drafted else None,
                          "accuracy": sum(last_number(t) == g for t, g in zip(texts, gold))
                          / len(records)}
     ar = results["ar"]
@@ -95,11 +104,13 @@ def main(argv=None):
                "tokens_per_s": r["tokens"] / r["seconds"],
                "speedup_vs_ar": (r["tokens"] / r["seconds"]) / (ar["tokens"] / ar["seconds"]),
                "same_text_as_ar": same_text, "same_answer_as_ar": same_ans,
-               "gsm8k_accuracy": r["accuracy"], "n": len(records)}
+               "gsm8k_accuracy": r["accuracy"], "n": len(records),
+               "accepted_drafts": r["accepted"]}
         rows.append(row)
         print(f"{name:<24}{row['tokens_per_forward']:>8.2f}{row['tokens_per_s']:>8.1f}"
               f"{row['speedup_vs_ar']:>8.2f}x{same_text:>10.2f}{same_ans:>12.2f}"
-              f"{r['accuracy']:>7.2f}")
+              f"{r['accuracy']:>7.2f}"
+              + ("" if r["accepted"] is None else f"  ({r['accepted']:.2f} of drafts accepted)"))
     if args.json:
         Path(args.json).write_text(json.dumps({"masked_accuracy": acc, "block_size":
                                                args.block_size, "rows": rows}, indent=1))

@@ -60,3 +60,18 @@ def test_sampling_is_reproducible_with_a_seed(lm):
     a = lm.generate("w1 w2", seed=3, **kw).tokens
     assert a == lm.generate("w1 w2", seed=3, **kw).tokens
     assert any(lm.generate("w1 w2", seed=s, **kw).tokens != a for s in (4, 5, 6))
+
+
+def test_prefill_once_then_generate_and_stream_from_it(lm):
+    doc = " ".join(f"w{i}" for i in range(10, 40))
+    p = lm.prefill(doc, chat=False, prefill_chunk=7)
+    for prompt in (doc, doc + " w7 w8"):
+        for mode in ("ar", "block"):
+            want = lm.generate(prompt, chat=False, mode=mode, block_size=4, max_new_tokens=9)
+            got = lm.generate(prompt, chat=False, mode=mode, block_size=4, max_new_tokens=9,
+                              prefix=p)
+            assert got.tokens == want.tokens
+    streamed = "".join(lm.stream(doc, chat=False, mode="ar", max_new_tokens=9, prefix=p))
+    assert streamed == lm.generate(doc, chat=False, mode="ar", max_new_tokens=9).text
+    with pytest.raises(InputError, match="starts with the prefilled tokens"):
+        lm.generate("w1 w2", chat=False, prefix=p)

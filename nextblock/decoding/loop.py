@@ -3,6 +3,8 @@
     for event in decode(model, prompts, settings, mask_token_id=m):  # Step or Emit events
         ...
     result = run(model, prompts, settings, mask_token_id=m)         # the same, collected
+    p = prefill(model, prompt, mask_token_id=m)                     # prefill once ...
+    run(model, [prompt + more], settings, mask_token_id=m, prefix=p)  # ... decode many times
 
 A block of B tokens starts with its anchor, chosen from the last logit of the previous causal
 pass (the prefill for block 0), followed by B-1 masks. Denoise steps run the block over the
@@ -45,6 +47,7 @@ class Step:
     size: int  # tokens in that block
     filled: dict[int, list[tuple[int, int]]]
     fused: bool = False  # it also ran (and kept) the next block's first denoise step
+    cached: bool = False  # a prefill served whole by a stored prefix: no forward ran
     drafted: dict[int, tuple[int, int]] = field(default_factory=dict)  # verify: row ->
     # (drafted tokens checked, accepted)
 
@@ -78,7 +81,7 @@ class Result:
         if isinstance(ev, Step):
             if ev.fused:
                 self.fused += 1
-            else:
+            elif not ev.cached:
                 self.forwards += 1
             for checked, accepted in ev.drafted.values():
                 self.drafted += checked
@@ -162,6 +165,34 @@ class Rows:
         self.cols -= common
         self.cache.truncate(self.cols)
 
+    def copy(self, capacity: int) -> "Rows":
+        """An independent copy with room for `capacity` columns."""
+        new = object.__new__(Rows)
+        new.__dict__.update(self.__dict__)
+        cap = max(capacity, self.cols)
+        new.cache = self.cache.clone(cap)
+        n = self.seq.shape[0]
+        new.seq = self.seq.new_full((n, cap), self.mask_token_id)
+        new.valid = self.valid.new_zeros((n, cap))
+        new.seq[:, :self.cols], new.valid[:, :self.cols] = (self.seq[:, :self.cols],
+                                                            self.valid[:, :self.cols])
+        new.pos, new.steps = self.pos.clone(), torch.arange(cap, device=self.seq.device)
+        return new
+
+    def prefill(self, ids: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Store prompt tokens [n, T] a chunk at a time (memory stays bounded for long
+        prompts): the left-padded prompts of a fresh Rows, or the rest of a prompt whose
+        prefix is stored (one row, no padding). Returns the last position's logits."""
+        T = ids.shape[1]
+        if self.cols:  # continuing a stored prefix: these columns are all real keys
+            self.valid[:, self.cols:self.cols + T] = True
+        self.prompt_cols = self.cols + T
+        for c0 in range(0, T, chunk):
+            t = min(T - c0, chunk)
+            logits = self.forward(ids[:, c0:c0 + t], self.mask(t, True), store=t,
+                                  logits_from=t - 1)
+        return logits
+
     def keep_rows(self, idx: torch.Tensor) -> None:
         self.cache.keep_rows(idx)
         self.seq, self.valid, self.pos = self.seq[idx], self.valid[idx], self.pos[idx]
@@ -226,17 +257,37 @@ class Request:
 Admit = Callable[[], "tuple[list[Request], set[int]]"]  # -> (rows to add, row ids to cancel)
 
 
+@dataclass
+class Prefix:
+    """One prompt prefilled once, to decode from many times (several modes or samples, or
+    several questions after the same long document): its stored row and the logits of its
+    last position. `decode(..., prefix=p)` works on a copy, for a prompt that starts with
+    `tokens`; only the rest of that prompt is prefilled."""
+
+    tokens: list[int]
+    rows: Rows
+    logits: torch.Tensor
+
+
+def prefill(model, prompt: list[int], *, mask_token_id: int, chunk: int = 2048) -> Prefix:
+    with torch.inference_mode():
+        rows = Rows(model, [prompt], len(prompt), mask_token_id)
+        logits = rows.prefill(torch.tensor([prompt], device=rows.seq.device), chunk)
+    return Prefix(list(prompt), rows, logits)
+
+
 def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSettings, *,
            mask_token_id: int, stop_token_ids=(), seeds: list[int | None] | None = None,
            stop_fn: StopFn | None = None, max_context: int | None = None,
-           max_new: list[int] | None = None, admit: Admit | None = None
-           ) -> Iterator[Step | Emit]:
+           max_new: list[int] | None = None, admit: Admit | None = None,
+           prefix: Prefix | None = None) -> Iterator[Step | Emit]:
     """Yield a Step per forward pass and an Emit per finished block. Inputs are validated
     by the caller (nextblock.lm); `max_context` caps prompt + generated positions; `max_new`
     gives per-row budgets (default: settings.max_new_tokens). Rows are numbered 0.. in
     events, or carry their own ids when given as Requests. `admit`, called at every block
     boundary, lets rows join the running batch (prefilled, then right-aligned with it) and
-    leave it ("cancelled"): continuous batching for the server."""
+    leave it ("cancelled"): continuous batching for the server. `prefix`: a stored
+    prefill of the (single) prompt's beginning, so only the rest is prefilled."""
     s = settings
     B = s.effective_block_size
     verified, fuse = s.mode == "verified", s.fused_commit and B > 1
@@ -261,15 +312,18 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
         for r in new:
             cap = r.max_new_tokens if max_context is None else max_context - len(r.prompt)
             budget[r.id], out[r.id] = min(r.max_new_tokens, cap), []
-        part = Rows(model, [r.prompt for r in new], P + max(budget[r.id] for r in new) + 2 * B,
-                    mask_token_id)
+        capacity = P + max(budget[r.id] for r in new) + 2 * B
         smp = Sampler(s, mask_token_id, [r.seed for r in new])
-        ids = torch.tensor([[r.prompt[0]] * (P - len(r.prompt)) + r.prompt for r in new],
-                           device=part.seq.device)
-        for c0 in range(0, P, s.prefill_chunk):  # chunked prefill: bounded memory
-            T = min(P - c0, s.prefill_chunk)
-            logits = part.forward(ids[:, c0:c0 + T], part.mask(T, True), store=T,
-                                  logits_from=T - 1)
+        cached = prefix is not None and rows is None and len(new[0].prompt) == len(prefix.tokens)
+        if prefix is not None and rows is None:  # the first rows: a stored prefill
+            part, n = prefix.rows.copy(capacity), len(prefix.tokens)
+            rest = torch.tensor([new[0].prompt[n:]], dtype=torch.long, device=part.seq.device)
+            logits = prefix.logits if cached else part.prefill(rest, s.prefill_chunk)
+        else:
+            part = Rows(model, [r.prompt for r in new], capacity, mask_token_id)
+            ids = torch.tensor([[r.prompt[0]] * (P - len(r.prompt)) + r.prompt for r in new],
+                               device=part.seq.device)
+            logits = part.prefill(ids, s.prefill_chunk)
         first = smp.choose(smp.probs(logits, part.history() if history else None))[:, 0]
         if rows is None:
             rows, sampler, anchor = part, smp, first
@@ -279,9 +333,13 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
             anchor = torch.cat([anchor, first])
         alive = alive + [r.id for r in new]
         return Step("prefill", block_index, 0, min(B, max(budget[r.id] for r in new)),
-                    {r.id: [(0, int(first[i]))] for i, r in enumerate(new)})
+                    {r.id: [(0, int(first[i]))] for i, r in enumerate(new)}, cached=cached)
 
     n_rows = len(prompts)
+    if prefix is not None:
+        p0 = prompts[0].prompt if isinstance(prompts[0], Request) else prompts[0]
+        if n_rows != 1 or p0[:len(prefix.tokens)] != prefix.tokens:
+            raise ValueError("a prefix serves one prompt that starts with its tokens")
     first = prompts if isinstance(prompts[0], Request) else [
         Request(i, p, (max_new or [s.max_new_tokens] * n_rows)[i],
                 (seeds or [s.seed] * n_rows)[i]) for i, p in enumerate(prompts)]

@@ -233,3 +233,22 @@ def test_chunked_prefill_builds_no_prompt_square_mask():
     finally:
         loop.masks.decode_mask = real
     assert seen[:3] == [16, 16, 8] and max(seen) == 16
+
+
+@pytest.mark.parametrize("mode", ["ar", "block", "verified"])
+def test_a_stored_prefill_decodes_like_a_fresh_one(mode):
+    """A prompt prefilled once gives, in any mode and as often as it is used, the tokens a
+    fresh prefill gives; a longer prompt that extends it prefills only the rest."""
+    from nextblock.decoding.loop import prefill
+
+    model = tiny_model("llama", seed=4)
+    doc, question = random_prompts([23, 6], seed=12)
+    s = settings(mode=mode, block_size=4, threshold=0.5, max_new_tokens=13, prefill_chunk=8)
+    p = prefill(model, doc, mask_token_id=MASK, chunk=8)
+    for prompt in (doc, doc + question, doc):  # the prefix is not changed by its uses
+        fresh = run(model, [prompt], s, mask_token_id=MASK)
+        reused = run(model, [prompt], s, mask_token_id=MASK, prefix=p)
+        assert reused.tokens == fresh.tokens
+        assert reused.forwards == fresh.forwards - (1 if prompt == doc else 0)
+    with pytest.raises(ValueError, match="starts with its tokens"):
+        run(model, [question], s, mask_token_id=MASK, prefix=p)
