@@ -53,9 +53,14 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
     with torch.no_grad():
         for name, t in load_file(ckpt / "trainable.safetensors").items():
             params[name].copy_(t)
+    sizes = state["trained_block_sizes"]
+    start = Path(cfg.init_adapter) if cfg.init_adapter else None
+    if start is not None and (start / "nextblock.json").exists():
+        # a continuation: the adapter it started from had been trained on its own sizes
+        sizes = sorted(set(sizes) | set(BlockConfig.load(start).trained_block_sizes))
     block = BlockConfig(
         mask_token_id=lm.config.mask_token_id, mask_token=lm.config.mask_token,
-        block_size=state["block_size"], trained_block_sizes=state["trained_block_sizes"],
+        block_size=state["block_size"], trained_block_sizes=sizes,
         decoding=decoding or {"mode": "block", "threshold": 0.9},
         base_model=cfg.model or "default-base", rope_scaling=parse_rope_scaling(cfg.rope_scaling))
     out = Path(out)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import nextblock
 from nextblock.cli import main
 from nextblock.training import export as ex
-from nextblock.training.trainer import AdaptConfig, build_model
+from nextblock.training.trainer import AdaptConfig, adapt, build_model
 from tests.helpers import save_tiny
 from tests.training.test_trainer import write_chat
 
@@ -88,6 +88,14 @@ def test_init_adapter_continues_from_an_export(run):
     with torch.no_grad():
         torch.testing.assert_close(module.model(ids).logits, trained_logits(run, ids),
                                    atol=1e-4, rtol=1e-4)
+    # a continuation at b = 4 only still lists the sizes its starting adapter was trained on
+    more = AdaptConfig(**{**base.__dict__, "init_adapter": str(out), "steps": 2,
+                          "block_start": 4, "out": str(run / "more")})
+    adapt(more, progress=False)
+    first = json.loads((out / "nextblock.json").read_text())["trained_block_sizes"]
+    cont = ex.export(run / "more", run / "more_adapter", adapter=True)
+    assert 1 in first and json.loads((cont / "nextblock.json").read_text())[
+        "trained_block_sizes"] == sorted(set(first) | {4})
     wrong = AdaptConfig(**{**base.__dict__, "init_adapter": str(out), "lora_r": 8})
     with pytest.raises(nextblock.ConfigError, match="lora_r"):
         build_model(wrong, nextblock.load(cfg.model))
