@@ -258,6 +258,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_adapt(args) -> int:
+    from .errors import ConfigError
     from .training.trainer import AdaptConfig, adapt
 
     names = ["data", "out", "model", "field", "seq_len", "batch_size", "grad_accum", "steps",
@@ -271,7 +272,10 @@ def cmd_adapt(args) -> int:
             overrides[flag] = True
     cfg = (AdaptConfig.from_file(args.config, **overrides) if args.config
            else AdaptConfig(**overrides))
-    records = adapt(cfg, resume=args.resume)
+    if args.stop_at is not None and (args.stop_at < 1 or args.stop_at % cfg.save_every):
+        raise ConfigError(f"--stop-at {args.stop_at}: use a positive multiple of save_every "
+                          f"({cfg.save_every}), so the run ends on a checkpoint")
+    records = adapt(cfg, resume=args.resume, stop_at=args.stop_at)
     if records:
         last = records[-1]
         print(f"done: step {last['step']}, block size {last['block_size']}, "
@@ -397,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--complementary", action="store_true")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    p.add_argument("--stop-at", type=int, help="end this call after step N, a multiple of "
+                   "--save-every so it is checkpointed (the schedule still plans --steps)")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("export", help="write a trained run as a loadable model")

@@ -302,7 +302,8 @@ def _log_line(m: dict) -> str:
 def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
           stop_at: int | None = None) -> list[dict]:
     """Run (or resume) an adaptation; returns this call's metrics records. `stop_at` ends
-    the call after that step, as an interruption would (for tests)."""
+    the call after that step, as an interruption would (the schedule still plans
+    cfg.steps; a resumed run continues from the last checkpoint exactly)."""
     from accelerate import Accelerator
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -102,3 +102,15 @@ def test_init_adapter_continues_from_an_export(run):
     with pytest.raises(nextblock.ConfigError, match="not a nextblock adapter"):
         build_model(AdaptConfig(**{**base.__dict__, "init_adapter": str(run)}),
                     nextblock.load(cfg.model))
+
+
+def test_cli_stop_at_ends_on_a_checkpoint(run, capsys):
+    model, data = str(run / "tiny"), str(run / "chat.jsonl")
+    common = ["adapt", "--model", model, "--data", data, "--out", str(run / "stopped"),
+              "--seq-len", "32", "--steps", "6", "--lora-r", "4", "--save-every", "2"]
+    assert main(common + ["--stop-at", "3"]) != 0
+    assert "--stop-at 3: use a positive multiple of save_every (2)" in capsys.readouterr().err
+    assert main(common + ["--stop-at", "4"]) == 0
+    assert ex.find_checkpoint(run / "stopped").name == "step-0000004"
+    lines = (run / "stopped" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # the run planned 6 steps and ended after 4
