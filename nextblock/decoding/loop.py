@@ -270,6 +270,7 @@ class Prefix:
 
 
 def prefill(model, prompt: list[int], *, mask_token_id: int, chunk: int = 2048) -> Prefix:
+    """Prefill one prompt (chunked) and keep it, for `decode(..., prefix=)`."""
     with torch.inference_mode():
         rows = Rows(model, [prompt], len(prompt), mask_token_id)
         logits = rows.prefill(torch.tensor([prompt], device=rows.seq.device), chunk)
@@ -307,18 +308,20 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
 
     def join(new: list[Request]) -> Step:
         """Prefill new rows and add them to the batch; their anchors come from the prefill."""
-        nonlocal rows, sampler, anchor, alive
+        nonlocal rows, sampler, anchor, alive, prefix
         P = max(len(r.prompt) for r in new)
         for r in new:
             cap = r.max_new_tokens if max_context is None else max_context - len(r.prompt)
             budget[r.id], out[r.id] = min(r.max_new_tokens, cap), []
         capacity = P + max(budget[r.id] for r in new) + 2 * B
         smp = Sampler(s, mask_token_id, [r.seed for r in new])
-        cached = prefix is not None and rows is None and len(new[0].prompt) == len(prefix.tokens)
-        if prefix is not None and rows is None:  # the first rows: a stored prefill
+        cached = False
+        if prefix is not None:  # the first row: a stored prefill (used once)
             part, n = prefix.rows.copy(capacity), len(prefix.tokens)
+            cached = len(new[0].prompt) == n
             rest = torch.tensor([new[0].prompt[n:]], dtype=torch.long, device=part.seq.device)
             logits = prefix.logits if cached else part.prefill(rest, s.prefill_chunk)
+            prefix = None
         else:
             part = Rows(model, [r.prompt for r in new], capacity, mask_token_id)
             ids = torch.tensor([[r.prompt[0]] * (P - len(r.prompt)) + r.prompt for r in new],
