@@ -7,8 +7,9 @@ per mode, and a retrieval probe. Every number comes from this run; nothing is as
 
 train: one optimizer-free training step (forward + backward of the objective, LoRA r=32 as
 in the default recipe, gradient checkpointing, batch 1, block size 4) on the default base
-model in the doubled [noisy | clean] layout, per length and attention path: seconds and
-peak resident memory (and its growth over the loaded model). `--attention dense,chunked`.
+model in the doubled [noisy | clean] layout, per length and attention path, each in a
+process of its own: seconds and peak resident memory (and its growth over the loaded
+model). `--attention dense,chunked`.
 
 decode: a raw-text prompt of N tokens (Python standard-library source, always on disk), N
 from --lengths, prefilled once (chunked, --prefill-chunk) and decoded from in every mode
@@ -68,39 +69,57 @@ def table(title: str, cols: list[str], rows: list[list]) -> None:
     Console(width=160).print(t)
 
 
-def bench_train(args) -> list[dict]:
+def train_step(model: str, L: int, attention: str, rope_kind: str) -> dict:
+    """One measured training step (see the module doc), in this process."""
     import nextblock
     from nextblock.training.objective import ObjectiveSettings, noise, objective
     from nextblock.training.trainer import AdaptConfig, build_model
 
+    lm = nextblock.load(model)
+    scaling = _scaling_for(lm, L, rope_kind)
+    module = build_model(AdaptConfig(data=["-"], lora_r=32, lora_alpha=64,
+                                     rope_scaling=scaling), lm)
+    ids = torch.tensor([filler_tokens(lm.tokenizer, L)])
+    settings = ObjectiveSettings(attention=attention)
+    batch = noise(ids, 4, lm.config.mask_token_id, settings,
+                  generator=torch.Generator().manual_seed(0))
+    base = rss_mb()
+    reset_peak()
+    t0 = time.perf_counter()
+    o = objective(module.model, batch, settings, checkpoint=True)
+    o.loss.backward()
+    sec = time.perf_counter() - t0
+    peak = peak_mb()
+    return {"length": L, "attention": attention, "seconds": sec, "peak_mb": peak,
+            "growth_mb": peak - base, "loss": o.loss.item(), "tokens_per_s": L / sec}
+
+
+def bench_train(args) -> list[dict]:
+    """Each (length, attention) in a fresh process, so its peak memory is its own."""
+    import subprocess
+
     out = []
     for L in args.lengths:
         for attention in args.attention:
-            lm = nextblock.load(args.model)
-            scaling = _scaling_for(lm, L, args.rope_scaling)
-            cfg = AdaptConfig(data=["-"], lora_r=32, lora_alpha=64, rope_scaling=scaling)
-            module = build_model(cfg, lm)
-            ids = torch.tensor([filler_tokens(lm.tokenizer, L)])
-            settings = ObjectiveSettings(attention=attention)
-            batch = noise(ids, 4, lm.config.mask_token_id, settings,
-                          generator=torch.Generator().manual_seed(0))
-            base = rss_mb()
-            reset_peak()
-            t0 = time.perf_counter()
-            o = objective(module.model, batch, settings, checkpoint=True)
-            o.loss.backward()
-            sec = time.perf_counter() - t0
-            peak = peak_mb()
-            rec = {"length": L, "attention": attention, "seconds": sec, "peak_mb": peak,
-                   "growth_mb": peak - base, "loss": o.loss.item(),
-                   "tokens_per_s": L / sec}
+            cmd = [sys.executable, __file__, "train-one", "--model", args.model,
+                   "--lengths", str(L), "--attention", attention,
+                   "--rope-scaling", args.rope_scaling]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                rec = {"length": L, "attention": attention, "error":
+                       (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+            else:
+                rec = json.loads(done.stdout.strip().splitlines()[-1])
             print(json.dumps(rec), flush=True)
             out.append(rec)
-            del module, lm, o, batch
-    table("training step, doubled layout (forward + backward, batch 1, b = 4)",
+    table("training step, doubled layout (forward + backward, batch 1, b = 4; peak = the "
+          "step's own process, model included)",
           ["length", "attention", "seconds", "tokens/s", "peak MB", "growth MB", "loss"],
-          [[r["length"], r["attention"], r["seconds"], r["tokens_per_s"], r["peak_mb"],
-            r["growth_mb"], r["loss"]] for r in out])
+          [[r["length"], r["attention"], r.get("seconds", "-"), r.get("tokens_per_s", "-"),
+            r.get("peak_mb", "-"), r.get("growth_mb", "-"), r.get("loss", r.get("error"))]
+           for r in out])
     return out
 
 
@@ -211,7 +230,7 @@ def bench_probe(args) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["train", "decode", "probe"])
+    p.add_argument("what", choices=["train", "decode", "probe", "train-one"])
     p.add_argument("--model", default=None, help="model spec (train: default-base)")
     p.add_argument("--lengths", help="comma-separated token counts")
     p.add_argument("--attention", default="dense,chunked")
@@ -226,15 +245,19 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the records to this file")
     args = p.parse_args(argv)
-    defaults = {"train": "1024,2048,4096,8192", "decode": "1024,4096,8192,16384,32768",
+    defaults = {"train": "1024,2048,4096,8192", "train-one": "1024", "decode": "1024,4096,8192,16384,32768",
                 "probe": "1024,4096,8192"}
     args.lengths = [int(x) for x in (args.lengths or defaults[args.what]).split(",")]
     args.attention = args.attention.split(",")
     args.modes = args.modes.split(",")
     if args.model is None:
-        args.model = "default-base" if args.what == "train" else "default"
+        args.model = "default-base" if args.what.startswith("train") else "default"
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what == "train-one":  # one configuration, for `train` (a process of its own)
+        print(json.dumps(train_step(args.model, args.lengths[0], args.attention[0],
+                                    args.rope_scaling)))
+        return 0
     records = {"train": bench_train, "decode": bench_decode, "probe": bench_probe}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
