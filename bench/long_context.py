@@ -11,12 +11,13 @@ model in the doubled [noisy | clean] layout, per length and attention path, each
 process of its own: seconds and peak resident memory (and its growth over the loaded
 model). `--attention dense,chunked`.
 
-decode: a raw-text prompt of N tokens (Python standard-library source, always on disk), N
-from --lengths, prefilled once (chunked, --prefill-chunk) and decoded from in every mode
-(a stored prefix, `decoding.loop.prefill`): prefill seconds and peak memory, then per mode
+decode: a context of N tokens (N from --lengths): a raw-text prompt of N - --new tokens
+(Python standard-library source, always on disk), prefilled once (chunked,
+--prefill-chunk) and decoded from in every mode (a stored prefix, `decoding.loop.prefill`): prefill seconds and peak memory, then per mode
 generated tokens/s, tokens per forward (the decode's own forwards), peak memory, and the
-block/verified speed-up over AR at the same length. Beyond the window the run applies --rope-scaling (default yarn, the factor
-that covers the longest length).
+block/verified speed-up over AR at the same length. A context beyond the window gets
+--rope-scaling (default yarn) with the smallest power-of-two factor that covers it; shorter
+ones run unscaled.
 
 probe: a fact ("The secret number is N.") planted 10% into a long filler prompt, asked at
 the end; hits out of --trials per length and mode, for --model (default: the adapted
@@ -137,19 +138,18 @@ def bench_decode(args) -> list[dict]:
     from nextblock.cache import KVCache
     from nextblock.decoding.loop import Result, decode, prefill
 
-    out = []
-    longest = max(args.lengths)
+    out, lm, scaling = [], None, "unset"
     probe = nextblock.load(args.model)
-    scaling = _scaling_for(probe, longest + args.new + 64, args.rope_scaling)
-    del probe
-    lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
-    tokens = filler_tokens(lm.tokenizer, longest)
-    per_token = KVCache.for_model(lm.model, 1, 1).bytes_per_token
-    for L in args.lengths:
-        ar = None
+    tokens = filler_tokens(probe.tokenizer, max(args.lengths))
+    for L in args.lengths:  # L: the whole context, prompt (L - new tokens) and new tokens
+        if _scaling_for(probe, L, args.rope_scaling) != scaling:  # only as much as L needs
+            scaling = _scaling_for(probe, L, args.rope_scaling)
+            lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
+            per_token = KVCache.for_model(lm.model, 1, 1).bytes_per_token
+        P, ar = L - args.new, None
         reset_peak()
         t0 = time.perf_counter()
-        prefix = prefill(lm.model, tokens[:L], mask_token_id=lm.config.mask_token_id,
+        prefix = prefill(lm.model, tokens[:P], mask_token_id=lm.config.mask_token_id,
                          chunk=args.prefill_chunk)  # once per length, shared by the modes
         prefill_s, prefill_peak = time.perf_counter() - t0, peak_mb()
         for mode in args.modes:
@@ -157,10 +157,10 @@ def bench_decode(args) -> list[dict]:
             if mode != "ar":
                 kw.update(block_size=args.block_size, threshold=args.threshold)
             s = lm.settings(**kw)
-            res, stamps = Result.empty([tokens[:L]]), []
+            res, stamps = Result.empty([tokens[:P]]), []
             reset_peak()
             with torch.inference_mode():  # no stop token: every mode writes --new tokens
-                for ev in decode(lm.model, [tokens[:L]], s, prefix=prefix,
+                for ev in decode(lm.model, [tokens[:P]], s, prefix=prefix,
                                  mask_token_id=lm.config.mask_token_id,
                                  max_context=lm.context_length):
                     stamps.append(time.perf_counter())
@@ -170,7 +170,7 @@ def bench_decode(args) -> list[dict]:
                    "prefill_peak_mb": prefill_peak, "tokens": res.new_tokens,
                    "decode_tok_s": res.new_tokens / (end - stamps[0]),
                    "tokens_per_forward": res.new_tokens / max(1, res.forwards),
-                   "peak_mb": peak_mb(), "kv_cache_mb": per_token * (L + args.new) / 2**20,
+                   "peak_mb": peak_mb(), "kv_cache_mb": per_token * L / 2**20,
                    "output": res.tokens[0]}
             if mode == "ar":
                 ar = rec
@@ -179,11 +179,12 @@ def bench_decode(args) -> list[dict]:
                                 / max(1, len(ar["output"]))) if ar else None
             print(json.dumps({k: v for k, v in rec.items() if k != "output"}), flush=True)
             out.append(rec)
-    table(f"decoding {args.new} new tokens after a long prompt ({args.model}, "
-          f"rope scaling: {scaling or 'none'})",
-          ["context", "mode", "prefill s", "prefill peak MB", "tok/s", "tok/fwd", "x AR",
+    table(f"decoding {args.new} new tokens after a long prompt ({args.model}; RoPE scaling "
+          f"beyond the window: {args.rope_scaling})",
+          ["context", "scaling", "mode", "prefill s", "prefill peak MB", "tok/s", "tok/fwd", "x AR",
            "agree AR", "KV MB", "decode peak MB"],
-          [[r["length"], r["mode"], r["prefill_s"], r["prefill_peak_mb"], r["decode_tok_s"],
+          [[r["length"], r["rope_scaling"] or "-", r["mode"], r["prefill_s"],
+            r["prefill_peak_mb"], r["decode_tok_s"],
             r["tokens_per_forward"],
             "-" if r["speedup_vs_ar"] is None else r["speedup_vs_ar"],
             "-" if r["agreement"] is None else r["agreement"], r["kv_cache_mb"], r["peak_mb"]]
@@ -195,14 +196,14 @@ def bench_probe(args) -> list[dict]:
     import nextblock
 
     probe = nextblock.load(args.model)
-    scaling = _scaling_for(probe, max(args.lengths) + 128, args.rope_scaling)
-    del probe
-    lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
-    tok = lm.tokenizer
+    lm, scaling, tok = None, "unset", probe.tokenizer
     rng = random.Random(0)
     question = "\n\nWhat is the secret number mentioned in the text above? Answer with the number."
     out = []
-    for L in args.lengths:
+    for L in args.lengths:  # L: the whole context (prompt, question and answer)
+        if _scaling_for(probe, L, args.rope_scaling) != scaling:
+            scaling = _scaling_for(probe, L, args.rope_scaling)
+            lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
         for mode in args.modes:
             hits = []
             for trial in range(args.trials):
@@ -210,7 +211,7 @@ def bench_probe(args) -> list[dict]:
                 fact = tok(f"\nThe secret number is {secret}.\n",
                            add_special_tokens=False)["input_ids"]
                 q = tok(question, add_special_tokens=False)["input_ids"]
-                body = filler_tokens(tok, L)[:L - len(fact) - len(q) - 64]
+                body = filler_tokens(tok, L)[:L - len(fact) - len(q) - 96]  # chat + answer
                 at = len(body) // 10
                 text = tok.decode(body[:at] + fact + body[at:] + q)
                 kw = dict(mode=mode, max_new_tokens=16, prefill_chunk=args.prefill_chunk)
