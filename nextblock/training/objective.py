@@ -168,8 +168,8 @@ class ObjectiveOutput:
                 "n_masked": self.n_masked}
 
 
-def training_mask(batch: NoisyBatch, attention: str = "auto", chunk: int = 512,
-                  chunked_from: int = 2048):
+def forward_mask(batch: NoisyBatch, attention: str = "auto", chunk: int = 512,
+                 chunked_from: int = 2048):
     """The attention mask of the training forward: dense, or masks.Chunked for long rows.
     With block size 1 the layout is the clean half alone."""
     B, L = batch.clean.shape
@@ -193,7 +193,7 @@ def training_hidden(model, batch: NoisyBatch, checkpoint: bool = False,
     """(noisy-half or None, clean-half) final hidden states [B, L, H], in one forward."""
     s = settings or ObjectiveSettings()
     L = batch.clean.shape[1]
-    mask = training_mask(batch, s.attention, s.attention_chunk, s.chunked_from)
+    mask = forward_mask(batch, s.attention, s.attention_chunk, s.chunked_from)
     pos = batch.positions
     if batch.block_size == 1:  # nothing is masked: only the clean, causal half matters
         return None, forward(model, batch.clean, pos, mask, checkpoint=checkpoint, hidden=True)
