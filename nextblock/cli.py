@@ -249,7 +249,8 @@ def cmd_eval(args) -> int:
     with Progress(transient=True) as bar:
         t = bar.add_task(f"{args.task} {settings.mode}", total=len(samples))
         row = evaluate(lm, task, samples, settings, args.out, resume=args.resume,
-                       progress=lambda rec: bar.advance(t), n=args.samples)
+                       progress=lambda rec: bar.advance(t), n=args.samples,
+                       batch_size=args.batch_size)
     print(f"{args.task} [{settings.mode}] accuracy {row['accuracy']:.3f} on "
           f"{row['samples']} samples, {row['tokens_per_s']:.1f} tokens/s, "
           f"{row['tokens_per_forward']:.2f} tokens/forward; summary in "
@@ -363,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip samples already recorded")
     p.add_argument("--samples", type=int, default=1,
                    help="completions per problem (with --temperature), for pass@k")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="samples decoded together (continuous batching): same answers, "
+                   "speed becomes throughput at that batch size")
     p.add_argument("--style", choices=["chat", "base"], default="chat",
                    help="chat: zero-shot chat prompt (instruct models); base: the papers' "
                    "plain-text few-shot prompts (base models)")

@@ -4,6 +4,8 @@ generation API on top of the decoding loop.
     lm = nextblock.load()
     out = lm.generate("What is 7 * 8?", mode="block", block_size=4, threshold=0.9)
     print(out.text, out.forwards, out.new_tokens)
+    for i, g in lm.generate_each(prompts, batch_size=8, mode="ar"):  # offline batches
+        print(i, g.text)
     for piece in lm.stream("Tell me a joke", mode="ar"):
         print(piece, end="")
 """
@@ -11,12 +13,13 @@ generation API on top of the decoding loop.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from . import text as textlib
 from .config import BlockConfig, DecodeSettings
-from .decoding.loop import Emit, Prefix, Result, Step, decode, prefill, run
+from .decoding.loop import Emit, Prefix, Request, Result, Step, decode, prefill, run
 from .errors import InputError
 from .modeling import context_limit
 
@@ -121,6 +124,92 @@ class NextBlockModel:
         res = run(self.model, ids, s, trace=trace, on_event=on_event, **kw)
         return self.generation(res, s, ids)
 
+    def generate_each(self, prompts, *, batch_size: int = 8, chat: bool | None = None,
+                      settings: DecodeSettings | None = None, stops=None, seeds=None,
+                      **overrides) -> Iterator[tuple[int, Generation]]:
+        """Continuous batching over many prompts (offline evaluation, bulk generation): up
+        to `batch_size` rows decode together; a row leaves when it ends and the next prompt
+        joins at the following block boundary. Yields (prompt index, Generation) as each
+        finishes, in finishing order. `stops[i]` / `seeds[i]`: per-prompt stop strings and
+        seeds (default: the settings'); a compiled regex among the stops ends the text after
+        its first match. A Generation's `forwards` counts the forward passes
+        its row took part in, and `seconds` its share of each (wall time split evenly over
+        the rows of a forward), so seconds sum to the wall time of the whole run."""
+        import torch
+
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        prompts = list(prompts)
+        ids = [self.encode(p, chat) for p in prompts]
+        s = self.settings(settings, **overrides)
+        stops = ([tuple(x) for x in stops] if stops is not None
+                 else [tuple(s.stop)] * len(ids))
+        seeds = list(seeds) if seeds is not None else [s.seed] * len(ids)
+        if len(stops) != len(ids) or len(seeds) != len(ids):
+            raise InputError(f"stops and seeds: one entry per prompt ({len(ids)} prompts)")
+        checkers = [textlib.stop_checker(self.tokenizer, st) for st in stops]
+        reqs = iter([Request(i, p, s.max_new_tokens, seeds[i]) for i, p in enumerate(ids)])
+        live: set[int] = set()
+
+        def take(room: int) -> list[Request]:
+            new = [r for _, r in zip(range(room), reqs)]
+            live.update(r.id for r in new)
+            return new
+
+        first = take(batch_size)
+        if not first:
+            return
+        res = {r.id: Result.empty([r.prompt]) for r in first}
+        secs: dict[int, float] = {}
+
+        def admit():
+            new = take(batch_size - len(live))
+            res.update({r.id: Result.empty([r.prompt]) for r in new})
+            return new, set()
+
+        def stop_fn(row, tokens):
+            fn = checkers[row]
+            return None if fn is None else fn(0, tokens)
+
+        kw = dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,
+                  stop_fn=stop_fn, max_context=self.context_length, admit=admit)
+        ended: list[int] = []  # finished rows, handed out after the forward that ended them
+
+        def handout():
+            for r in ended:
+                out = res.pop(r)
+                out.seconds = secs.pop(r, 0.0)
+                yield r, self.generation(out, s, [ids[r]], stops[r])
+            ended.clear()
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for ev in decode(self.model, first, s, **kw):
+                if isinstance(ev, Emit):
+                    for r, toks in ev.tokens.items():
+                        res[r].tokens[0].extend(toks)
+                    for r, why in ev.finished.items():
+                        res[r].finish_reasons[0] = why
+                        live.discard(r)
+                        ended.append(r)
+                    continue
+                # the rows of this forward: a prefill's new rows, a commit's or verify's
+                # rows (listed in full, verify's before finished ones leave), else every
+                # live row
+                rows = (list(ev.filled) if ev.kind in ("prefill", "commit", "verify")
+                        else sorted(live))
+                now = time.perf_counter()
+                for r in rows:
+                    out = res[r]
+                    out.fused += ev.fused
+                    out.forwards += not (ev.fused or ev.cached)
+                    checked, accepted = ev.drafted.get(r, (0, 0))
+                    out.drafted, out.accepted = out.drafted + checked, out.accepted + accepted
+                    secs[r] = secs.get(r, 0.0) + (now - t0) / len(rows)
+                yield from handout()
+                t0 = time.perf_counter()  # the consumer's time is not decoding time
+        yield from handout()
+
     def prefill(self, prompt, *, chat: bool | None = None, prefill_chunk: int = 2048) -> Prefix:
         """Prefill one prompt once, to decode from it many times: `generate(prompt,
         prefix=p)` (any mode, any settings) then skips its prefill, and a prompt that extends
@@ -129,10 +218,12 @@ class NextBlockModel:
         return prefill(self.model, self.encode(prompt, chat),
                        mask_token_id=self.config.mask_token_id, chunk=prefill_chunk)
 
-    def generation(self, res: Result, s: DecodeSettings, ids=()) -> Generation:
-        """A loop Result as text completions with their counters."""
+    def generation(self, res: Result, s: DecodeSettings, ids=(), stops=None) -> Generation:
+        """A loop Result as text completions with their counters (cut at `stops`, default
+        the settings' stop strings)."""
+        stops = s.stop if stops is None else stops
         completions = [
-            Completion(textlib.final_text(self.tokenizer, toks, s.stop), toks, why, n)
+            Completion(textlib.final_text(self.tokenizer, toks, stops), toks, why, n)
             for toks, why, n in zip(res.tokens, res.finish_reasons, res.prompt_tokens)]
         return Generation(completions, s, res.forwards, res.seconds, res.trace, list(ids),
                           res.fused, res.drafted, res.accepted)

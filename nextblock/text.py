@@ -3,6 +3,8 @@ incremental detokenisation for streaming."""
 
 from __future__ import annotations
 
+import re
+
 from .errors import InputError
 
 
@@ -38,8 +40,17 @@ def decode(tokenizer, tokens: list[int]) -> str:
 
 
 def find_stop(text: str, stops) -> int | None:
-    """Index where the earliest stop string starts, or None."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    """Where the text ends: the start of the earliest stop string (OpenAI semantics), or
+    for a compiled regex among `stops` the end of its first match (text up to and including
+    it is kept: "stop once a fenced code block is closed"); None if nothing matched."""
+    hits = []
+    for s in stops:
+        if isinstance(s, re.Pattern):
+            m = s.search(text)
+            if m:
+                hits.append(m.end())
+        elif (i := text.find(s)) >= 0:
+            hits.append(i)
     return min(hits) if hits else None
 
 

@@ -75,3 +75,44 @@ def test_prefill_once_then_generate_and_stream_from_it(lm):
     assert streamed == lm.generate(doc, chat=False, mode="ar", max_new_tokens=9).text
     with pytest.raises(InputError, match="starts with the prefilled tokens"):
         lm.generate("w1 w2", chat=False, prefix=p)
+
+
+@pytest.mark.parametrize("mode", ["ar", "block", "verified"])
+def test_generate_each_batches_continuously_with_the_answers_of_batch_one(lm, mode):
+    prompts = ["w1", "w2 w3 w4 w5", "w6 w7", "w8 w9 w10", "w11"]
+    kw = dict(chat=False, mode=mode, block_size=4, threshold=0.5, max_new_tokens=12)
+    free = [lm.generate(p, **kw).text.split() for p in prompts]
+    # per-prompt stop strings, so rows end at different times and waiting ones join
+    stops = [(w[min(k, len(w) - 1)],) if k is not None and w else ()
+             for w, k in zip(free, [1, None, 4, 0, 7])]
+    singles = [lm.generate(p, stop=list(st), **kw) for p, st in zip(prompts, stops)]
+    order, got = [], {}
+    for i, g in lm.generate_each(prompts, batch_size=2, stops=stops, **kw):
+        order.append(i)
+        got[i] = g
+    assert sorted(order) == list(range(5))
+    for i, one in enumerate(singles):
+        assert got[i].tokens == one.tokens and got[i].text == one.text
+        assert got[i].completions[0].finish_reason == one.completions[0].finish_reason
+        assert got[i].drafted == one.drafted and got[i].accepted == one.accepted
+        if mode == "ar":  # a row takes part in exactly its own forwards
+            assert got[i].forwards == one.forwards
+        else:  # lockstep: a row may wait for another's denoise steps
+            assert got[i].forwards >= one.forwards
+    assert all(g.seconds > 0 for g in got.values())
+
+
+def test_generate_each_regex_stop_keeps_the_match_and_checks_inputs(lm):
+    import re
+
+    kw = dict(chat=False, mode="ar", max_new_tokens=16)
+    free = lm.generate("w3 w9", **kw)
+    word = free.text.split()[3]
+    end = free.text.find(word) + len(word)
+    (_, g), = lm.generate_each(["w3 w9"], stops=[(re.compile(re.escape(word)),)], **kw)
+    assert g.text == free.text[:end] and g.completions[0].finish_reason == "stop"
+    assert len(g.tokens) < len(free.tokens)
+    with pytest.raises(InputError, match="one entry per prompt"):
+        list(lm.generate_each(["w1", "w2"], stops=[()], **kw))
+    with pytest.raises(InputError, match="batch_size"):
+        list(lm.generate_each(["w1"], batch_size=0, **kw))

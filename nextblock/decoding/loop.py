@@ -415,7 +415,8 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
             step = Step("verify", block_index, done[0] + kept_list[0],
                         0, {r: [(done[i] + kept_list[i], int(anchor[i]))]
                             for i, r in enumerate(alive)},
-                        drafted={r: (b - 1, kept_list[i] - 1) for i, r in enumerate(alive)})
+                        drafted={r: (n - 1, min(kept_list[i], n) - 1) for i, (r, n)
+                                 in enumerate(zip(alive, lens.tolist()))})
             yield Emit(emitted, finished)
             idx = _drop(finished, alive, rows, sampler)
             if idx is None:  # everyone is done; the verify pass still counts as a forward

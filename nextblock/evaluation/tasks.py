@@ -45,7 +45,7 @@ class Sample:
     reference: object
     meta: dict = field(default_factory=dict)
     chat: bool = True  # render with the chat template
-    stop: tuple[str, ...] = ()  # stop strings of a base-style prompt
+    stop: tuple = ()  # stop strings of a base-style prompt; CODE_BLOCK for chat code tasks
 
 
 @dataclass
@@ -74,9 +74,15 @@ def _rows(task, path, limit, fields: tuple[str, ...]) -> list[dict]:
     return rows[:limit]
 
 
+# a closed fenced code block: chat-style code answers stop generating once one is written,
+# since only the first block is scored (the rest would be generated for nothing)
+CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
+
+
 def extract_code(completion: str) -> str:
     """The first fenced code block (```python ... ```), else the whole completion."""
-    m = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", completion, re.S)
+    m = CODE_BLOCK.search(completion) or re.search(r"```(?:python|py)?[ \t]*\n(.*)$",
+                                                   completion, re.S)
     return m.group(1) if m else completion
 
 
@@ -182,7 +188,8 @@ class MBPP:
                            stop=("[DONE]",)) for r in rows[:limit]]
         return [Sample(str(r["task_id"]), f"{r['text']}\nYour code should pass this test:\n"
                        f"{r['test_list'][0]}\nWrite the Python function in a ```python "
-                       f"code block.", r["test_list"], {"setup": r.get("test_setup_code", "")})
+                       f"code block.", r["test_list"], {"setup": r.get("test_setup_code", "")},
+                       stop=(CODE_BLOCK,))
                 for r in rows[:limit]]
 
     def score(self, s: Sample, completion: str, timeout: float = 10.0) -> Verdict:
@@ -215,7 +222,8 @@ class HumanEval:
                     for tid, p in items]
         return [Sample(tid, "Complete this Python function:\n```python\n" + p["prompt"] +
                        "```\nAnswer with the whole function in a ```python code block.",
-                       p["test"], {"prompt": p["prompt"], "entry_point": p["entry_point"]})
+                       p["test"], {"prompt": p["prompt"], "entry_point": p["entry_point"]},
+                       stop=(CODE_BLOCK,))
                 for tid, p in items]
 
     def score(self, s: Sample, completion: str, timeout: float = 10.0) -> Verdict:

@@ -151,3 +151,22 @@ def test_base_style_run_uses_plain_text_and_stop_strings(tmp_path):
     rec = json.loads((tmp_path / "gsm8k-base-ar.jsonl").read_text().splitlines()[0])
     assert row["samples"] == 2 and rec["finish_reason"] == "stop"
     assert rec["completion"].split() == free[:3]
+
+
+def test_batched_evaluation_records_the_answers_of_batch_one(tmp_path):
+    lm = nextblock.load(save_tiny(tmp_path / "tiny"))
+    task = TASKS["gsm8k"]
+    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=5)
+    for i, s in enumerate(samples):
+        s.prompt = " ".join(f"w{j}" for j in range(1, 2 + 3 * i))
+    s = lm.settings(mode="block", block_size=4, threshold=0.5, max_new_tokens=7)
+    one = evaluate(lm, task, samples, s, tmp_path / "one")
+    many = evaluate(lm, task, samples, s, tmp_path / "many", batch_size=3)
+    recs = [{r["id"]: r for r in map(json.loads, (tmp_path / d / "gsm8k-block-B4-t0.5.jsonl")
+                                     .read_text().splitlines())} for d in ("one", "many")]
+    assert set(recs[0]) == set(recs[1]) and len(recs[0]) == 5
+    for i, r in recs[0].items():
+        assert recs[1][i]["completion"] == r["completion"] and recs[1][i]["tokens"] == r["tokens"]
+        assert recs[1][i]["batch_size"] == 3 and r["batch_size"] == 1
+    assert one["batch_size"] == "1" and many["batch_size"] == "3"
+    assert "| block-B4-t0.5 | 5 |" in (tmp_path / "many" / "gsm8k-summary.md").read_text()
