@@ -10,7 +10,7 @@ lm-eval has no plugin discovery for models, so `python -m nextblock.evaluation.h
 registers the model and then runs lm-eval's own command line with the same arguments.
 `loglikelihood` uses the causal path (one causal forward, exact as for any AR model);
 `generate_until` uses the chosen decoding mode (mode, block_size, threshold, ... in
-model_args), stopping at the task's `until` strings.
+model_args), stopping at the task's `until` strings, `--batch_size N` rows at a time.
 """
 
 from __future__ import annotations
@@ -30,19 +30,24 @@ from ..modeling import forward
 @register_model("nextblock")
 class NextBlockLM(LM):
     def __init__(self, pretrained: str | None = None, quantize: str | None = None,
-                 max_new_tokens: int = 256, **decoding):
+                 max_new_tokens: int = 256, batch_size: int = 1, **decoding):
         super().__init__()
         self.lm = nextblock.load(pretrained, quantize=quantize)
         self.max_new_tokens = int(max_new_tokens)
+        self.batch_size = int(batch_size)  # generate_until rows decoded together
         self.decoding = decoding  # DecodeSettings fields, e.g. mode=verified, block_size=4
         self.lm.settings(**self.decoding)  # fail early on a bad setting
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config=None):
+        """model_args "k=v,..." plus lm-eval's --batch_size (an integer; "auto" means 1)."""
         kw = {}
         for part in filter(None, (arg_string or "").split(",")):
             key, _, value = part.partition("=")
             kw[key.strip()] = _value(value.strip())
+        bs = (additional_config or {}).get("batch_size")
+        if "batch_size" not in kw and str(bs).isdigit():
+            kw["batch_size"] = int(bs)
         return cls(**kw)
 
     # ---- scoring: the causal path -------------------------------------------------
@@ -83,16 +88,25 @@ class NextBlockLM(LM):
 
     # ---- generation: the chosen decoding mode ---------------------------------------
     def generate_until(self, requests) -> list[str]:
-        out = []
-        for req in requests:
+        """Requests with the same generation settings decode together, `batch_size` rows at
+        a time (continuous batching; the same text as one at a time), each stopping at its
+        own `until` strings."""
+        groups: dict[tuple, list[tuple[int, str, tuple[str, ...]]]] = {}
+        for i, req in enumerate(requests):
             context, gen = req.args
             until = gen.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = (until,) if isinstance(until, str) else tuple(until)
             kw = {**self.decoding, "max_new_tokens": int(gen.get("max_gen_toks",
                                                                   self.max_new_tokens))}
             if gen.get("do_sample") and gen.get("temperature"):
                 kw["temperature"] = float(gen["temperature"])
-            out.append(self.lm.generate(context, chat=False, stop=tuple(until), **kw).text)
+            groups.setdefault(tuple(sorted(kw.items())), []).append((i, context, until))
+        out = [""] * len(requests)
+        for kw, items in groups.items():
+            for j, g in self.lm.generate_each([c for _, c, _ in items], chat=False,
+                                              batch_size=self.batch_size,
+                                              stops=[u for _, _, u in items], **dict(kw)):
+                out[items[j][0]] = g.text
         return out
 
 

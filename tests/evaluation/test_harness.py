@@ -16,9 +16,13 @@ from tests.helpers import save_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = save_tiny(tmp_path_factory.mktemp("harness") / "tiny")
-    return NextBlockLM.create_from_arg_string(f"pretrained={path},mode=ar,max_new_tokens=5")
+def tiny(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("harness") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    return NextBlockLM.create_from_arg_string(f"pretrained={tiny},mode=ar,max_new_tokens=5")
 
 
 def test_loglikelihood_equals_direct_log_probs(model):
@@ -39,7 +43,7 @@ def test_loglikelihood_equals_direct_log_probs(model):
     assert rolling[0] < 0
 
 
-def test_local_task_runs_end_to_end(model, tmp_path):
+def test_local_task_runs_end_to_end(model, tiny, tmp_path):
     data = tmp_path / "two.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in [
         {"q": "w1 w2", "choices": [" w3", " w4"], "label": 0},
@@ -65,6 +69,11 @@ metric_list:
         scores = [model.score(q, c)[0] for c in choices]
         expected.append(scores.index(max(scores)) == label)
     assert acc == pytest.approx(sum(expected) / 2)
-    gen = model.generate_until([Instance("generate_until", {}, ("w1 w2", {"until": ["\n"]}),
-                                         0)])
-    assert isinstance(gen[0], str)
+    reqs = [Instance("generate_until", {}, (q, {"until": [u]}), 0)
+            for q, u in [("w1 w2", "\n"), ("w3", "w9"), ("w4 w5 w6", "\n"), ("w7", "w2")]]
+    one = model.generate_until(reqs)
+    assert one == [model.lm.generate(r.args[0], chat=False, mode="ar", max_new_tokens=5,
+                                     stop=r.args[1]["until"]).text for r in reqs]
+    batched = NextBlockLM.create_from_arg_string(f"pretrained={tiny},mode=ar,max_new_tokens=5",
+                                                 {"batch_size": 3})
+    assert batched.batch_size == 3 and batched.generate_until(reqs) == one

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The reported evaluation of the default model (issue 6): the plain base model in AR mode and
+# the adapted default in AR, block and verified mode, on HumanEval (all 164 problems) and the
+# first N problems of GSM8K test and MBPP test (task ids 11..), zero-shot chat prompts.
+#
+#     bash scripts/eval_default.sh              # N=100, batch 16, into runs/eval/{base,default}
+#     N=20 BS=8 OUT=/tmp/ev bash scripts/eval_default.sh
+#
+# Every run uses --resume, so an interrupted script continues where it stopped. Answers do not
+# depend on the batch size (continuous batching; tested); tokens/s is throughput at BS rows.
+# Tables: OUT/base/TASK-summary.md and OUT/default/TASK-summary.md.
+set -euo pipefail
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-runs/eval}
+BS=${BS:-16}
+N=${N:-100}
+TASKS=${TASKS:-humaneval gsm8k mbpp}
+
+for task in $TASKS; do
+  case $task in
+    humaneval) args=(--task humaneval) ;;
+    gsm8k) args=(--task gsm8k --data "$DATA/gsm8k/test.jsonl" --limit "$N") ;;
+    mbpp) args=(--task mbpp --data "$DATA/mbpp/mbpp.jsonl" --limit "$N") ;;
+    *) echo "unknown task $task" >&2; exit 2 ;;
+  esac
+  ev() { nextblock eval "${args[@]}" --batch-size "$BS" --resume "$@"; }
+  ev --model default-base --mode ar --out "$OUT/base"
+  ev --model default --mode ar --out "$OUT/default"
+  ev --model default --mode block --block-size 4 --threshold 0.9 --out "$OUT/default"
+  ev --model default --mode verified --block-size 4 --threshold 0.0 --out "$OUT/default"
+done
