@@ -9,6 +9,7 @@ A forward always writes its keys/values into the slots just past `length` and at
     truncate(n):            length = n (verified decoding drops rejected tokens)
     grow(n):                more slots, stored ones kept
     clone(n):               an independent copy (a prefilled prompt decoded several times)
+    keep_rows(idx, d):      rows leave a batch; its first d slots (keys of no row) go too
 """
 
 from __future__ import annotations
@@ -85,10 +86,14 @@ class KVCache:
         new.length = self.length
         return new
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        """Drop finished batch rows (rows: indices to keep)."""
-        self.k = self.k.index_select(1, rows)
-        self.v = self.v.index_select(1, rows)
+    def keep_rows(self, rows: torch.Tensor, drop_front: int = 0) -> None:
+        """Drop finished batch rows (rows: indices to keep) and the first `drop_front` slots
+        (columns no remaining row attends to), in one copy."""
+        if not 0 <= drop_front <= self.length:
+            raise ValueError(f"cannot drop {drop_front} of {self.length} stored slots")
+        self.k = self.k[:, :, :, drop_front:].index_select(1, rows)
+        self.v = self.v[:, :, :, drop_front:].index_select(1, rows)
+        self.length -= drop_front
 
     def stored(self, layer: int):
         """(keys, values) held for the context: [batch, kv_heads, length, dim] each."""

@@ -29,3 +29,8 @@ for task in $TASKS; do
   ev --model default --mode block --block-size 4 --threshold 0.9 --out "$OUT/default"
   ev --model default --mode verified --block-size 4 --threshold 0.0 --out "$OUT/default"
 done
+
+for task in $TASKS; do
+  echo "## $task: base model"; tail -n +3 "$OUT/base/$task-summary.md"
+  echo "## $task: adapted default"; tail -n +3 "$OUT/default/$task-summary.md"
+done

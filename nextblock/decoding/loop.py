@@ -194,8 +194,17 @@ class Rows:
         return logits
 
     def keep_rows(self, idx: torch.Tensor) -> None:
-        self.cache.keep_rows(idx)
-        self.seq, self.valid, self.pos = self.seq[idx], self.valid[idx], self.pos[idx]
+        """Keep rows idx. Leading columns that none of them attends to (the left padding a
+        departed row's longer history forced on the others) are dropped as well: under
+        continuous batching the batch never empties, and without this every forward would
+        attend over the history of every row that ever joined."""
+        valid = self.valid[idx, :self.cols]
+        d = int(valid.any(0).int().argmax()) if self.cols else 0
+        self.cache.keep_rows(idx, d)
+        self.seq, self.valid, self.pos = self.seq[idx, d:], self.valid[idx, d:], self.pos[idx]
+        self.cols -= d
+        self.prompt_cols = max(0, self.prompt_cols - d)
+        self.steps = self.steps[:self.seq.shape[1]]
 
     def merge(self, other: "Rows") -> None:
         """Append another batch's rows (just prefilled), right-aligning the stored columns:
