@@ -9,7 +9,8 @@ train: one optimizer-free training step (forward + backward of the objective, Lo
 in the default recipe, gradient checkpointing, batch 1, block size 4) on the default base
 model in the doubled [noisy | clean] layout, per length and attention path, each in a
 process of its own: seconds and peak resident memory (and its growth over the loaded
-model). `--attention dense,chunked`.
+model). `--attention dense,chunked`; `--memory-limit-gb G` caps each step's address space, so a
+step that does not fit is reported as out of memory rather than handed to the OOM killer.
 
 decode: a context of N tokens (N from --lengths): a raw-text prompt of N - --new tokens
 (Python standard-library source, always on disk), prefilled once (chunked,
@@ -107,6 +108,8 @@ def bench_train(args) -> list[dict]:
                    "--rope-scaling", args.rope_scaling]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
+            if args.memory_limit_gb:
+                cmd += ["--memory-limit-gb", str(args.memory_limit_gb)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 rec = {"length": L, "attention": attention, "error":
@@ -244,6 +247,9 @@ def main(argv=None) -> int:
     p.add_argument("--quantize", choices=["int8"])
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="train: cap each step's address space; a step over it is reported "
+                        "as out of memory instead of waking the kernel's OOM killer")
     p.add_argument("--json", help="also write the records to this file")
     args = p.parse_args(argv)
     defaults = {"train": "1024,2048,4096,8192", "train-one": "1024", "decode": "1024,4096,8192,16384,32768",
@@ -256,8 +262,19 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "train-one":  # one configuration, for `train` (a process of its own)
-        print(json.dumps(train_step(args.model, args.lengths[0], args.attention[0],
-                                    args.rope_scaling)))
+        if args.memory_limit_gb:
+            import resource
+
+            cap = int(args.memory_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        try:
+            rec = train_step(args.model, args.lengths[0], args.attention[0], args.rope_scaling)
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                raise
+            rec = {"length": args.lengths[0], "attention": args.attention[0],
+                   "error": f"out of memory (address space capped at {args.memory_limit_gb} GB)"}
+        print(json.dumps(rec))
         return 0
     records = {"train": bench_train, "decode": bench_decode, "probe": bench_probe}[args.what](args)
     if args.json:

@@ -65,23 +65,3 @@ def test_rows_join_and_leave_a_running_batch(kw):
     assert out[4] == single(model, prompts[4], kw, 6)
     assert reasons[1] == "cancelled" and len(out.get(1, [])) < 16
     assert out.get(1, []) == single(model, prompts[1], kw, 16)[:len(out.get(1, []))]
-
-
-def test_leaving_rows_take_their_padding_columns_with_them():
-    """A long row leaves: the columns only it used go too, and the rest decode as alone."""
-    from nextblock.decoding.loop import Rows
-
-    model = tiny_model("llama", seed=2)
-    long, short = random_prompts([13, 4], seed=8)
-    with torch.inference_mode():
-        rows = Rows(model, [long, short], 32, MASK)
-        rows.prefill(torch.tensor([long, [short[0]] * 9 + short]), chunk=5)
-        alone = Rows(model, [short], 32, MASK)
-        alone.prefill(torch.tensor([short]), chunk=5)
-        rows.keep_rows(torch.tensor([1]))
-        assert rows.cols == alone.cols == 4 and rows.cache.length == 4
-        assert torch.equal(rows.seq[:, :4], alone.seq[:, :4]) and bool(rows.valid[:, :4].all())
-        nxt = torch.tensor([[7, MASK, MASK]])
-        a = rows.forward(nxt, rows.mask(3, causal=False))
-        b = alone.forward(nxt, alone.mask(3, causal=False))
-    assert torch.allclose(a, b, atol=1e-5)
