@@ -37,9 +37,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     lm = nextblock.load(args.model, quantize=args.quantize)
     if args.compile:
-        from nextblock.decoding import loop
+        from nextblock.decoding import rows
 
-        loop.forward = torch.compile(loop.forward, dynamic=True)
+        rows.forward = torch.compile(rows.forward, dynamic=True)
         t0 = time.perf_counter()
         for kw in MODES.values():
             lm.generate(args.prompt, max_new_tokens=8, **kw)

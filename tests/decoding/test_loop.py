@@ -216,22 +216,22 @@ def test_chunked_prefill_equals_one_pass(mode):
 
 def test_chunked_prefill_builds_no_prompt_square_mask():
     """Each prefill forward attends from at most `prefill_chunk` queries."""
-    import nextblock.decoding.loop as loop
+    from nextblock import masks
 
     model = tiny_model("llama")
     seen = []
-    real = loop.masks.decode_mask
+    real = masks.decode_mask
 
     def spy(valid, start, length, causal, noisy_from=None):
         seen.append(length)
         return real(valid, start, length, causal, noisy_from)
 
-    loop.masks.decode_mask = spy
+    masks.decode_mask = spy
     try:
         run(model, random_prompts([40], seed=2), settings(mode="ar", max_new_tokens=2,
                                                           prefill_chunk=16), mask_token_id=MASK)
     finally:
-        loop.masks.decode_mask = real
+        masks.decode_mask = real
     assert seen[:3] == [16, 16, 8] and max(seen) == 16
 
 
