@@ -8,13 +8,16 @@
 #
 # Every run uses --resume, so an interrupted script continues where it stopped. Answers do not
 # depend on the batch size (continuous batching; tested); tokens/s is throughput at BS rows.
-# Tables: OUT/base/TASK-summary.md and OUT/default/TASK-summary.md.
+# Then the speed of one request: the first SPEED_N (10) GSM8K problems at batch 1 in each mode
+# of the adapted default, one run after another (0 skips it). Timings need an idle machine.
+# Tables: OUT/base/TASK-summary.md, OUT/default/TASK-summary.md, OUT/speed/gsm8k-summary.md.
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/eval}
 BS=${BS:-16}
 N=${N:-100}
 TASKS=${TASKS:-humaneval gsm8k mbpp}
+SPEED_N=${SPEED_N:-10}
 
 for task in $TASKS; do
   case $task in
@@ -30,7 +33,18 @@ for task in $TASKS; do
   ev --model default --mode verified --block-size 4 --threshold 0.0 --out "$OUT/default"
 done
 
+if [ "$SPEED_N" -gt 0 ]; then
+  for mode in "ar" "block --block-size 4 --threshold 0.9" "verified --block-size 4 --threshold 0.0"; do
+    # shellcheck disable=SC2086  # $mode is the mode and its settings
+    nextblock eval --task gsm8k --data "$DATA/gsm8k/test.jsonl" --limit "$SPEED_N" \
+      --batch-size 1 --resume --model default --mode $mode --out "$OUT/speed"
+  done
+fi
+
 for task in $TASKS; do
   echo "## $task: base model"; tail -n +3 "$OUT/base/$task-summary.md"
   echo "## $task: adapted default"; tail -n +3 "$OUT/default/$task-summary.md"
 done
+if [ "$SPEED_N" -gt 0 ]; then
+  echo "## batch 1: adapted default"; tail -n +3 "$OUT/speed/gsm8k-summary.md"
+fi
