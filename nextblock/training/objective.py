@@ -38,14 +38,18 @@ class ObjectiveSettings:
     attention: str = "auto"
     attention_chunk: int = 512
     chunked_from: int = 2048
+    # the LM head + cross-entropy run over this many loss positions at a time, recomputed in
+    # the backward pass: the [positions, vocab] logits are never held whole (long sequences)
+    loss_chunk: int = 1024
 
     def __post_init__(self):
         if self.attention not in ("auto", "dense", "chunked"):
             raise ConfigError(f"invalid attention={self.attention!r}: expected 'auto', "
                               "'dense' or 'chunked'")
-        if not (isinstance(self.attention_chunk, int) and self.attention_chunk >= 1):
-            raise ConfigError(f"invalid attention_chunk={self.attention_chunk!r}: must be an "
-                              "integer >= 1")
+        for name in ("attention_chunk", "loss_chunk"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ConfigError(f"invalid {name}={v!r}: must be an integer >= 1")
         if self.mask_schedule not in ("block", "sequence"):
             raise ConfigError(f"invalid mask_schedule={self.mask_schedule!r}: "
                               "expected 'block' or 'sequence'")
@@ -211,6 +215,32 @@ def training_logits(model, batch: NoisyBatch, checkpoint: bool = False,
     return (None if noisy is None else head(noisy)), head(clean)
 
 
+def head_loss(head, h: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+              chunk: int = 1024) -> tuple[torch.Tensor, int]:
+    """Sum of (weighted) cross-entropy of head(h) [N, V] against target [N], and how many
+    argmaxes hit, `chunk` rows at a time. Under autograd each chunk is checkpointed: only h is
+    kept and the chunk's logits are recomputed in the backward pass, so memory holds one
+    chunk's [chunk, V] logits instead of all N (the vocabulary dwarfs the hidden size)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def part(hc, tc, wc):
+        logits = head(hc).float()
+        ce = F.cross_entropy(logits, tc, reduction="none")
+        hits = (logits.detach().argmax(-1) == tc).sum()
+        return (ce if wc is None else ce * wc).sum(), hits
+
+    total, hits = h.sum() * 0.0, 0
+    for i in range(0, h.shape[0], chunk):
+        args = (h[i:i + chunk], target[i:i + chunk],
+                None if weight is None else weight[i:i + chunk])
+        if torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk:
+            ce, n = checkpoint(part, *args, use_reentrant=False)
+        else:
+            ce, n = part(*args)
+        total, hits = total + ce, hits + int(n)
+    return total, hits
+
+
 def objective(model, batch: NoisyBatch, settings: ObjectiveSettings | None = None,
               checkpoint: bool = False) -> ObjectiveOutput:
     s = settings or ObjectiveSettings()
@@ -219,18 +249,14 @@ def objective(model, batch: NoisyBatch, settings: ObjectiveSettings | None = Non
     target = batch.clean[:, 1:]
 
     ar_sel = batch.loss_mask[:, 1:] & batch.ar_rows[:, None]
-    ar_sum = F.cross_entropy(head(clean[:, :-1][ar_sel]).float(), target[ar_sel],
-                             reduction="sum")
+    ar_sum, _ = head_loss(head, clean[:, :-1][ar_sel], target[ar_sel], chunk=s.loss_chunk)
     sel = batch.masked[:, 1:]
     n_masked = int(sel.sum())
     if noisy is None or n_masked == 0:
         mdm_sum, n_correct = clean.sum() * 0.0, 0
     else:
-        pred = head(noisy[:, :-1][sel]).float()
-        ce = F.cross_entropy(pred, target[sel], reduction="none")
-        if s.inverse_t_weight:
-            ce = ce / batch.t[:, 1:][sel]
-        mdm_sum = ce.sum()
-        n_correct = int((pred.argmax(-1) == target[sel]).sum())
+        weight = 1.0 / batch.t[:, 1:][sel] if s.inverse_t_weight else None
+        mdm_sum, n_correct = head_loss(head, noisy[:, :-1][sel], target[sel], weight,
+                                       chunk=s.loss_chunk)
     return ObjectiveOutput(mdm_sum, n_masked, ar_sum, int(ar_sel.sum()), n_correct,
                            s.ar_weight, s.inverse_t_weight)

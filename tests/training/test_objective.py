@@ -143,6 +143,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("inverse_t", [False, True])
+def test_chunked_loss_equals_whole_loss(inverse_t):
+    """The LM head + cross-entropy taken a few positions at a time (checkpointed) gives the
+    loss, accuracy count and gradients of one pass over all positions."""
+    x = batch_of(24, B=2, seed=4)
+    outs, grads = [], []
+    for chunk in (10**6, 5):
+        model = tiny_model("llama", seed=2).train()
+        nb = noise(x, 4, MASK, generator=torch.Generator().manual_seed(1))
+        s = ObjectiveSettings(loss_chunk=chunk, inverse_t_weight=inverse_t)
+        out = objective(model, nb, s)
+        out.loss.backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()
+                                if p.grad is not None]))
+    assert outs[0].n_masked > 5 and outs[0].n_correct == outs[1].n_correct
+    torch.testing.assert_close(outs[0].loss, outs[1].loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("b,docs", [(4, False), (1, False), (4, True), (8, True)])
 def test_chunked_attention_equals_dense(b, docs):
     """The long-sequence path (query chunks, no 2L x 2L mask) gives the same loss and
