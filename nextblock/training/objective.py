@@ -216,17 +216,17 @@ def training_logits(model, batch: NoisyBatch, checkpoint: bool = False,
 
 
 def head_loss(head, h: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-              chunk: int = 1024) -> tuple[torch.Tensor, int]:
-    """Sum of (weighted) cross-entropy of head(h) [N, V] against target [N], and how many
-    argmaxes hit, `chunk` rows at a time. Under autograd each chunk is checkpointed: only h is
-    kept and the chunk's logits are recomputed in the backward pass, so memory holds one
-    chunk's [chunk, V] logits instead of all N (the vocabulary dwarfs the hidden size)."""
+              chunk: int = 1024, count_hits: bool = False) -> tuple[torch.Tensor, int]:
+    """Sum of (weighted) cross-entropy of head(h) [N, V] against target [N], and (if asked)
+    how many argmaxes hit, `chunk` rows at a time. Under autograd each chunk is checkpointed:
+    only h is kept and the chunk's logits are recomputed in the backward pass, so memory holds
+    one chunk's [chunk, V] logits instead of all N (the vocabulary dwarfs the hidden size)."""
     from torch.utils.checkpoint import checkpoint
 
     def part(hc, tc, wc):
         logits = head(hc).float()
         ce = F.cross_entropy(logits, tc, reduction="none")
-        hits = (logits.detach().argmax(-1) == tc).sum()
+        hits = (logits.detach().argmax(-1) == tc).sum() if count_hits else ce.new_zeros(())
         return (ce if wc is None else ce * wc).sum(), hits
 
     total, hits = h.sum() * 0.0, 0
@@ -257,6 +257,6 @@ def objective(model, batch: NoisyBatch, settings: ObjectiveSettings | None = Non
     else:
         weight = 1.0 / batch.t[:, 1:][sel] if s.inverse_t_weight else None
         mdm_sum, n_correct = head_loss(head, noisy[:, :-1][sel], target[sel], weight,
-                                       chunk=s.loss_chunk)
+                                       chunk=s.loss_chunk, count_hits=True)
     return ObjectiveOutput(mdm_sum, n_masked, ar_sum, int(ar_sel.sum()), n_correct,
                            s.ar_weight, s.inverse_t_weight)
