@@ -226,10 +226,10 @@ def head_loss(head, h: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
     def part(hc, tc, wc):
         logits = head(hc).float()
         ce = F.cross_entropy(logits, tc, reduction="none")
-        hits = (logits.detach().argmax(-1) == tc).sum() if count_hits else ce.new_zeros(())
+        hits = (logits.detach().argmax(-1) == tc).sum() if count_hits else tc.new_zeros(())
         return (ce if wc is None else ce * wc).sum(), hits
 
-    total, hits = h.sum() * 0.0, 0
+    total, hits = h.sum() * 0.0, torch.zeros((), dtype=torch.long, device=h.device)
     for i in range(0, h.shape[0], chunk):
         args = (h[i:i + chunk], target[i:i + chunk],
                 None if weight is None else weight[i:i + chunk])
@@ -237,8 +237,8 @@ def head_loss(head, h: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
             ce, n = checkpoint(part, *args, use_reentrant=False)
         else:
             ce, n = part(*args)
-        total, hits = total + ce, hits + int(n)
-    return total, hits
+        total, hits = total + ce, hits + n
+    return total, int(hits) if count_hits else 0  # one device sync
 
 
 def objective(model, batch: NoisyBatch, settings: ObjectiveSettings | None = None,
