@@ -4,12 +4,15 @@ per mode, and a retrieval probe. Every number comes from this run; nothing is as
     python bench/long_context.py train  --lengths 1024,2048,4096,8192
     python bench/long_context.py decode --lengths 1024,4096,8192,16384,32768 --new 128
     python bench/long_context.py probe  --lengths 1024,4096,8192 --trials 4
+    python bench/long_context.py loss   --lengths 4096 --windows 4
 
 train: one optimizer-free training step (forward + backward of the objective, LoRA r=32 as
 in the default recipe, gradient checkpointing, batch 1, block size 4) on the default base
 model in the doubled [noisy | clean] layout, per length and attention path, each in a
 process of its own: seconds and peak resident memory (and its growth over the loaded
-model). `--attention dense,chunked`; `--memory-limit-gb G` caps each step's address space, so a
+model). glibc keeps freed memory for reuse below a threshold it raises as it goes (up to 32
+MiB), so that peak is partly the allocator's choice; `--live-memory` fixes the threshold at
+128 KiB, which makes the peak that of live memory, at some cost in time. `--attention dense,chunked`; `--memory-limit-gb G` caps each step's address space, so a
 step that does not fit is reported as out of memory rather than handed to the OOM killer.
 
 decode: a context of N tokens (N from --lengths): a raw-text prompt of N - --new tokens
@@ -24,6 +27,12 @@ probe: a fact ("The secret number is N.") planted 10% into a long filler prompt,
 the end; hits out of --trials per length and mode, for --model (default: the adapted
 default). Report it whatever it shows.
 
+loss: the AR loss of --model on the last --target tokens of --windows windows of the
+probe's filler text (which no stage trains on), given 256, 512, ... tokens of the window
+before them, up to all of it: the same tokens each time, so only the context changes. A
+model that uses its whole context keeps improving with more of it; one that breaks beyond
+some position gets worse there.
+
 Background work distorts timings: run this on an otherwise idle machine.
 """
 
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import sysconfig
@@ -110,7 +120,10 @@ def bench_train(args) -> list[dict]:
                 cmd += ["--threads", str(args.threads)]
             if args.memory_limit_gb:
                 cmd += ["--memory-limit-gb", str(args.memory_limit_gb)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            if args.live_memory:  # glibc: every allocation over 128 KiB is unmapped on free
+                env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
                 rec = {"length": L, "attention": attention, "error":
                        (done.stderr.strip().splitlines() or ["failed"])[-1][:200]}
@@ -119,7 +132,8 @@ def bench_train(args) -> list[dict]:
             print(json.dumps(rec), flush=True)
             out.append(rec)
     table("training step, doubled layout (forward + backward, batch 1, b = 4; peak = the "
-          "step's own process, model included)",
+          "step's own process, model included"
+          + ("; live memory: glibc mmap threshold 128 KiB)" if args.live_memory else ")"),
           ["length", "attention", "seconds", "tokens/s", "peak MB", "growth MB", "loss"],
           [[r["length"], r["attention"], r.get("seconds", "-"), r.get("tokens_per_s", "-"),
             r.get("peak_mb", "-"), r.get("growth_mb", "-"), r.get("loss", r.get("error"))]
@@ -232,9 +246,45 @@ def bench_probe(args) -> list[dict]:
     return out
 
 
+def bench_loss(args) -> list[dict]:
+    """AR loss of the same held-out tokens given more and more context, for --model."""
+    import nextblock
+    from nextblock import masks
+    from nextblock.modeling import forward, lm_head
+
+    out, plain, T = [], nextblock.load(args.model), args.target
+    for L in args.lengths:  # L: the longest context plus the scored tokens
+        scaling = _scaling_for(plain, L, args.rope_scaling)
+        lm = plain if scaling is None else nextblock.load(args.model, rope_scaling=scaling)
+        stream = filler_tokens(lm.tokenizer, L * args.windows)
+        contexts = [c for c in (256, 512, 1024, 2048, 4096, 8192, 16384) if c < L - T]
+        contexts.append(L - T)
+        loss = {c: 0.0 for c in contexts}
+        for w in range(args.windows):
+            window = stream[w * L:(w + 1) * L]
+            for c in contexts:  # the last T tokens of the window after c tokens of context
+                ids = torch.tensor([window[L - T - c:]])
+                n = c + T
+                mask = masks.decode_mask(torch.ones(1, n, dtype=torch.bool), 0, n, causal=True)
+                with torch.inference_mode():
+                    h = forward(lm.model, ids, torch.arange(n)[None], mask, logits_from=c - 1,
+                                hidden=True)[0, :-1]
+                    logits = lm_head(lm.model)(h).float()
+                loss[c] += torch.nn.functional.cross_entropy(logits, ids[0, c:]).item()
+        rec = {"model": args.model, "length": L, "windows": args.windows, "target": T,
+               "rope_scaling": scaling,
+               "loss_by_context": {str(c): v / args.windows for c, v in loss.items()}}
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    table(f"AR loss of the last {T} tokens of held-out windows, by context before them "
+          f"({args.model}; {args.windows} windows)", ["window", "context", "loss"],
+          [[r["length"], k, v] for r in out for k, v in r["loss_by_context"].items()])
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["train", "decode", "probe", "train-one"])
+    p.add_argument("what", choices=["train", "decode", "probe", "loss", "train-one"])
     p.add_argument("--model", default=None, help="model spec (train: default-base)")
     p.add_argument("--lengths", help="comma-separated token counts")
     p.add_argument("--attention", default="dense,chunked")
@@ -246,14 +296,20 @@ def main(argv=None) -> int:
     p.add_argument("--rope-scaling", default="yarn", help="type used beyond the window")
     p.add_argument("--quantize", choices=["int8"])
     p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--windows", type=int, default=4, help="loss: windows of held-out text")
+    p.add_argument("--target", type=int, default=256, help="loss: tokens scored per window")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--memory-limit-gb", type=float, default=None,
                    help="train: cap each step's address space; a step over it is reported "
                         "as out of memory instead of waking the kernel's OOM killer")
+    p.add_argument("--live-memory", action="store_true",
+                   help="train: peak of live memory rather than of what glibc keeps (every "
+                        "allocation over 128 KiB unmapped on free); slower, so take step "
+                        "times from a run without it")
     p.add_argument("--json", help="also write the records to this file")
     args = p.parse_args(argv)
     defaults = {"train": "1024,2048,4096,8192", "train-one": "1024", "decode": "1024,4096,8192,16384,32768",
-                "probe": "1024,4096,8192"}
+                "probe": "1024,4096,8192", "loss": "4096"}
     args.lengths = [int(x) for x in (args.lengths or defaults[args.what]).split(",")]
     args.attention = args.attention.split(",")
     args.modes = args.modes.split(",")
@@ -276,7 +332,8 @@ def main(argv=None) -> int:
                    "error": f"out of memory (address space capped at {args.memory_limit_gb} GB)"}
         print(json.dumps(rec))
         return 0
-    records = {"train": bench_train, "decode": bench_decode, "probe": bench_probe}[args.what](args)
+    records = {"train": bench_train, "decode": bench_decode, "probe": bench_probe,
+               "loss": bench_loss}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1) + "\n")
     return 0
