@@ -222,7 +222,7 @@ def bench_probe(args) -> list[dict]:
             scaling = _scaling_for(probe, L, args.rope_scaling)
             lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
         for mode in args.modes:
-            hits = []
+            hits, answers = [], []
             for trial in range(args.trials):
                 secret = str(rng.randint(10000, 99999))
                 fact = tok(f"\nThe secret number is {secret}.\n",
@@ -236,9 +236,11 @@ def bench_probe(args) -> list[dict]:
                     kw.update(block_size=args.block_size, threshold=args.threshold)
                 gen = lm.generate([{"role": "user", "content": text}], **kw)
                 hits.append(secret in gen.text)
+                answers.append({"secret": secret, "answer": gen.text})
             rec = {"length": L, "mode": mode, "hits": sum(hits), "trials": len(hits),
                    "model": args.model, "rope_scaling": scaling}
             print(json.dumps(rec), flush=True)
+            rec["answers"] = answers  # in --json only
             out.append(rec)
     table(f"retrieval probe ({args.model}; a fact at 10% of the prompt, asked at the end)",
           ["context", "mode", "hits", "trials"],

@@ -11,7 +11,7 @@ python scripts/long_corpus.py runs/data/long_code.jsonl --min-bytes 48000
 [ -f runs/data/gsm8k_train_chat.jsonl ] || \
     python scripts/gsm8k_chat.py ../shared/data/gsm8k/train.jsonl runs/data/gsm8k_train_chat.jsonl
 # 2. the stage: from the shipped adapter, packed documents, chunked attention (a checkpoint
-#    every step: about 5 minutes per step here)
+#    every step: 6-10 minutes per step here with 1 thread)
 nextblock adapt --config scripts/long_context_stage.json --resume ${STOP_AT:+--stop-at $STOP_AT}
 nextblock export --model runs/long_stage --out runs/long_stage_adapter --adapter --dtype float16
 # 3. the probe with the stage
