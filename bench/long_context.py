@@ -12,8 +12,9 @@ model in the doubled [noisy | clean] layout, per length and attention path, each
 process of its own: seconds and peak resident memory (and its growth over the loaded
 model). glibc keeps freed memory for reuse below a threshold it raises as it goes (up to 32
 MiB), so that peak is partly the allocator's choice; `--live-memory` fixes the threshold at
-128 KiB, which makes the peak that of live memory, at some cost in time. `--attention dense,chunked`; `--memory-limit-gb G` caps each step's address space, so a
-step that does not fit is reported as out of memory rather than handed to the OOM killer.
+128 KiB, which makes the peak that of live memory, at some cost in time.
+`--attention dense,chunked`; `--memory-limit-gb G` caps each step's address space, so a step
+that does not fit is reported as out of memory rather than handed to the OOM killer.
 
 decode: a context of N tokens (N from --lengths): a raw-text prompt of N - --new tokens
 (Python standard-library source, always on disk), prefilled once (chunked,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A long-context stage for the adapted default, then the retrieval probe with it (compare
+# A long-context stage for the adapted default, then the retrieval probe and loss with it (compare
 # with the probe without it: `python bench/long_context.py probe --lengths 1024,4096`).
 # Run from the repository root with the venv active; resumable (rerun it after a stop).
 # Sized for this 2-core CPU: 4096 tokens per row (inside the base model's 8192 window, the
@@ -17,3 +17,7 @@ nextblock export --model runs/long_stage --out runs/long_stage_adapter --adapter
 # 3. the probe with the stage
 python bench/long_context.py probe --model runs/long_stage_adapter --lengths 1024,4096 \
     --trials 4 --json runs/bench/probe_long_stage.json
+# 4. the AR loss of held-out tokens by context length, with the stage (compare with
+#    `--model default` and `--model default-base`)
+python bench/long_context.py loss --model runs/long_stage_adapter --lengths 4096 --windows 4 \
+    --json runs/bench/loss_long_stage.json
