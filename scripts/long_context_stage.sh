@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # A long-context stage for the adapted default, then the retrieval probe and loss with it
-# (compare
-# with the probe without it: `python bench/long_context.py probe --lengths 1024,4096`).
+# (compare with the probe without it: `python bench/long_context.py probe --lengths 1024,4096`).
 # Run from the repository root with the venv active; resumable (rerun it after a stop).
 # Sized for this 2-core CPU: 4096 tokens per row (inside the base model's 8192 window, the
 # length where the probe fails without a stage), 16 steps of batch 1. On a GPU, raise
