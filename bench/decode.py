@@ -1,6 +1,6 @@
 """Decode benchmark (the script behind `nextblock bench`; same flags).
 
-    python bench/decode.py --quantize int8 --json bench.json --plot frontier.png
+    python bench/decode.py --json bench.json --plot frontier.png   # --dtype float32: reference
 
 See nextblock/bench.py for what is measured and how.
 """

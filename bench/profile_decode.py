@@ -1,11 +1,13 @@
 """Where the time of one decoding forward goes, per mode (torch profiler).
 
-    python bench/profile_decode.py [--model default] [--quantize int8] [--max-new-tokens 32]
+    python bench/profile_decode.py [--model default] [--dtype float32] [--max-new-tokens 32]
     python bench/profile_decode.py --compile    # the forward under torch.compile (slow start)
 
 For AR, block and verified decoding of one prompt, prints milliseconds per forward split into
 linear layers (the weight-streaming matrix products), attention, every other ATen op, and
-what is left of the wall time (Python, dispatch, the decode loop itself).
+what is left of the wall time (Python, dispatch, the decode loop itself). The int8 engine
+(`--dtype auto`, the CPU default) runs a whole forward in one C call the profiler cannot
+split: bench/forward_cost.py times its matrix products alone instead.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ MODES = {"ar": dict(mode="ar"),
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None)
-    p.add_argument("--quantize", choices=["int8"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "auto", "int8"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--prompt", default="Explain in a few sentences why the sky is blue.")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile(dynamic=True) the model forward the loop calls")
     args = p.parse_args(argv)
-    lm = nextblock.load(args.model, quantize=args.quantize)
+    lm = nextblock.load(args.model, dtype=args.dtype)
     if args.compile:
         from nextblock.decoding import rows
 

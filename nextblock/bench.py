@@ -1,7 +1,8 @@
 """Decode benchmark: `transformers` generate, nextblock AR, block mode over a grid and
 verified mode, on one model, one prompt set, one dtype and one thread count, in one run.
 
-    nextblock bench --quantize int8 --json bench.json --plot frontier.png
+    nextblock bench --json bench.json --plot frontier.png    # the default: int8 engine
+    nextblock bench --dtype float32                          # the float32 reference
     python bench/decode.py --modes ar,verified --max-new-tokens 64 --repeats 1
 
 Counting rules (what makes the numbers comparable):
@@ -54,10 +55,17 @@ class Row:
     speedup_vs_transformers: float | None = None
     exact_match_vs_ar: float | None = None
     token_match_vs_ar: float | None = None
+    forward_cost_vs_ar: float | None = None  # ms per forward / AR's ms per forward
 
     @property
     def tokens_per_forward(self) -> float:
         return self.tokens / max(1, self.forwards)
+
+    @property
+    def ms_per_forward(self) -> float:
+        """Wall time of one pass over the prompts per forward (prefill and loop included)."""
+        return 1000 * statistics.median(self.seconds) / max(1, self.forwards) if self.seconds \
+            else 0.0
 
     @property
     def label(self) -> str:
@@ -70,7 +78,8 @@ class Row:
     def record(self) -> dict:
         keys = ("mode", "settings", "tokens_per_s", "forwards", "tokens_per_forward",
                 "speedup_vs_ar", "speedup_vs_transformers", "exact_match_vs_ar",
-                "token_match_vs_ar", "peak_mem_mb", "tokens", "fused_saved", "seconds")
+                "token_match_vs_ar", "peak_mem_mb", "tokens", "fused_saved", "seconds",
+                "ms_per_forward", "forward_cost_vs_ar")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -196,6 +205,7 @@ def compare(rows: list[Row]) -> None:
     hf = next((r for r in rows if r.mode == "transformers"), None)
     for r in rows:
         r.speedup_vs_ar = r.tokens_per_s / ar.tokens_per_s
+        r.forward_cost_vs_ar = r.ms_per_forward / max(1e-9, ar.ms_per_forward)
         if hf is not None:
             r.speedup_vs_transformers = r.tokens_per_s / hf.tokens_per_s
         same = [a == b for a, b in zip(r.outputs, ar.outputs)]
@@ -208,13 +218,14 @@ def table(rows: list[Row], title: str):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("setting", "tok/s", "fwd", "tok/fwd", "fused", "x AR", "x HF", "exact",
-                "token", "peak MB"):
+    for col in ("setting", "tok/s", "fwd", "tok/fwd", "ms/fwd", "fwd x AR", "fused", "x AR",
+                "x HF", "exact", "token", "peak MB"):
         t.add_column(col, justify="left" if col == "setting" else "right")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         t.add_row(r.label, f"{r.tokens_per_s:.1f}", str(r.forwards),
-                  f"{r.tokens_per_forward:.2f}", str(r.fused_saved),
+                  f"{r.tokens_per_forward:.2f}", f"{r.ms_per_forward:.1f}",
+                  fmt(r.forward_cost_vs_ar, ".2f"), str(r.fused_saved),
                   fmt(r.speedup_vs_ar, ".2f"), fmt(r.speedup_vs_transformers, ".2f"),
                   fmt(r.exact_match_vs_ar, ".2f"), fmt(r.token_match_vs_ar, ".2f"),
                   f"{r.peak_mem_mb:.0f}")

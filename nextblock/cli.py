@@ -18,9 +18,12 @@ from .errors import NextBlockError
 
 def _add_model_args(p):
     p.add_argument("--model", default=None, help="default | HF directory | .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto",
+                   choices=["auto", "int8", "float32", "bfloat16", "float16"],
+                   help="auto (default): the int8 engine on the CPU, else float32; float32 "
+                   "is the reference path")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 linear layers (CPU)")
+    p.add_argument("--quantize", choices=["int8"], help="the same as --dtype int8")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the model directory's own Python code (off by default)")
     p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
@@ -192,7 +195,7 @@ def cmd_bench(args) -> int:
                   else B.BLOCK_THRESHOLDS,
                   sub_blocks=[None if x == "full" else int(x) for x in args.sub_blocks.split(",")]
                   if args.sub_blocks else B.SUB_BLOCKS)
-    title = (f"{lm.name} | {args.dtype}{' + int8 linears' if lm.quantization else ''} | "
+    title = (f"{lm.name} | {'int8 engine' if lm.quantization else 'float32 reference'} | "
              f"{torch.get_num_threads()} threads | {len(prompts)} prompts | "
              f"{args.max_new_tokens} new tokens max | median of {args.repeats}")
     console = Console(stderr=True)

@@ -67,7 +67,7 @@ class NextBlockModel:
     tokenizer: object
     config: BlockConfig
     name: str = "model"
-    quantization: str | None = None  # "int8" after nextblock.load(..., quantize="int8")
+    quantization: str | None = None  # "int8" when the int8 engine runs its forwards
 
     @property
     def context_length(self) -> int:
@@ -246,10 +246,8 @@ class NextBlockModel:
                         yield delta
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write a Hugging Face directory (safetensors) with nextblock.json beside it."""
-        if self.quantization:
-            raise InputError(f"cannot save a {self.quantization}-quantized model; load it "
-                             "without quantize= to save it")
+        """Write a Hugging Face directory (safetensors) with nextblock.json beside it: the
+        float weights (an int8 engine is a copy made at load time, never saved)."""
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)

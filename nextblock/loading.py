@@ -227,31 +227,72 @@ def set_rope_scaling(model, scaling: dict) -> int:
     return cfg.max_position_embeddings
 
 
-def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "float32",
+def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "auto",
          device: str | None = None, trust_remote_code: bool = False,
          quantize: str | None = None, rope_scaling: str | dict | None = None):
-    """Load a model spec (see module doc); returns a NextBlockModel. `quantize="int8"`:
-    int8 linear layers with per-token activation scales (nextblock.quant; CPU only).
+    """Load a model spec (see module doc); returns a NextBlockModel.
+
+    dtype: "auto" (default) is the fastest exact path of the device: on the CPU the int8
+    engine (nextblock.engine: int8 weights, one C call per forward) when it can be built,
+    else float32; on other devices float32. "int8" asks for the engine (an error where it
+    cannot be built); "float32" is the reference path; "bfloat16" / "float16" plain torch
+    weights. `quantize="int8"` is the older spelling of dtype="int8".
     `rope_scaling="yarn:4"` (or a dict of RoPE parameters): a longer context than the
     model was trained for, through the architecture's own RoPE scaling."""
+    engine = _engine_choice(dtype, quantize, device)
+    weights = dtype if dtype not in ("auto", "int8") else "float32"
+    lm = _load_weights(spec, dtype=weights, device=device, trust_remote_code=trust_remote_code,
+                       rope_scaling=rope_scaling)
+    if engine:
+        attach_engine(lm, required=engine == "required")
+    return lm
+
+
+def _engine_choice(dtype, quantize, device) -> str | None:
+    """None (plain torch weights), "auto" (the engine if it builds) or "required"."""
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ConfigError(f"invalid quantize={quantize!r}: expected one of "
+                          f"{', '.join(QUANTIZATIONS)}")
+    if isinstance(dtype, str) and dtype not in (*DTYPES, "auto", "int8"):
+        raise ConfigError(f"invalid dtype={dtype!r}: expected one of auto, int8, "
+                          f"{', '.join(DTYPES)}")
+    on_cpu = (device or "cpu") == "cpu"
+    if quantize is not None or dtype == "int8":
+        if not on_cpu or dtype not in ("auto", "int8", "float32", torch.float32):
+            raise ConfigError("int8 (quantize='int8' / dtype='int8') needs a float32 model "
+                              "on the CPU")
+        return "required"
+    return "auto" if dtype == "auto" and on_cpu else None
+
+
+def attach_engine(lm, required: bool = True) -> None:
+    """Give lm.model the int8 CPU engine (modeling.forward then uses it for inference)."""
+    import sys
+
+    from .engine.build import EngineUnavailable
+    from .engine.int8 import Int8Engine, unsupported_reason
+
+    why = unsupported_reason(lm.model)
+    if why is None:
+        try:
+            lm.model.nextblock_engine = Int8Engine(lm.model)
+            lm.quantization = "int8"
+            return
+        except (EngineUnavailable, OSError) as e:
+            why = str(e)
+    if required:
+        raise ConfigError(f"int8 engine unavailable: {why}")
+    print(f"nextblock: int8 engine unavailable ({why}); using float32", file=sys.stderr)
+
+
+def _load_weights(spec, *, dtype, device, trust_remote_code, rope_scaling):
+    """The model with plain torch weights (float32 unless asked otherwise), adapter merged."""
     if rope_scaling is not None:
-        lm = load(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                  quantize=quantize)
+        lm = _load_weights(spec, dtype=dtype, device=device,
+                           trust_remote_code=trust_remote_code, rope_scaling=None)
         scaling = parse_rope_scaling(rope_scaling)
         set_rope_scaling(lm.model, scaling)
         lm.config.rope_scaling = scaling
-        return lm
-    if quantize is not None:
-        if quantize not in QUANTIZATIONS:
-            raise ConfigError(f"invalid quantize={quantize!r}: expected one of "
-                              f"{', '.join(QUANTIZATIONS)}")
-        if (device or "cpu") != "cpu" or dtype not in ("float32", torch.float32):
-            raise ConfigError("quantize='int8' needs a float32 model on the CPU")
-        lm = load(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        from .quant import quantize_int8
-
-        lm.model = quantize_int8(lm.model)
-        lm.quantization = quantize
         return lm
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -273,8 +314,9 @@ def load(spec: str | os.PathLike | None = None, *, dtype: str | torch.dtype = "f
         base = block.base_model or "default-base"
         if resolve(base).resolve() == source.resolve():
             raise ConfigError(f"{source / CONFIG_NAME}: base_model {base!r} is this adapter")
-        lm = load(base, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                  rope_scaling=block.rope_scaling)  # the adapter was trained with it
+        lm = _load_weights(base, dtype=dtype, device=device,
+                           trust_remote_code=trust_remote_code,
+                           rope_scaling=block.rope_scaling)  # the adapter was trained with it
         apply_adapter(lm, source)
         lm.name = name
         return lm

@@ -81,7 +81,14 @@ def forward(model, input_ids: torch.Tensor, positions: torch.Tensor, mask,
     K = cache.length + T with a cache, else T; or, without a cache, a masks.Chunked (long
     training sequences) or a flex BlockMask. With a cache the chunk's keys/values are
     written after the stored ones; call `cache.commit(T)` to keep them.
+
+    A model that carries an engine (`model.nextblock_engine`, attached by `nextblock.load` on
+    the CPU) runs inference forwards there: same contract, int8 weights, one C call.
     """
+    engine = getattr(model, "nextblock_engine", None)
+    if engine is not None and not torch.is_grad_enabled() and (
+            mask is None or isinstance(mask, torch.Tensor)):
+        return engine.forward(input_ids, positions, mask, cache, logits_from, hidden)
     dec = decoder(model)
     h = dec.embed_tokens(input_ids)
     cos, sin = dec.rotary_emb(h, positions)

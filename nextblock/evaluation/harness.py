@@ -30,9 +30,10 @@ from ..modeling import forward
 @register_model("nextblock")
 class NextBlockLM(LM):
     def __init__(self, pretrained: str | None = None, quantize: str | None = None,
-                 max_new_tokens: int = 256, batch_size: int = 1, **decoding):
+                 max_new_tokens: int = 256, batch_size: int = 1, dtype: str = "auto",
+                 **decoding):
         super().__init__()
-        self.lm = nextblock.load(pretrained, quantize=quantize)
+        self.lm = nextblock.load(pretrained, quantize=quantize, dtype=dtype)
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size = int(batch_size)  # generate_until rows decoded together
         self.decoding = decoding  # DecodeSettings fields, e.g. mode=verified, block_size=4

@@ -47,7 +47,7 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
     if adapter and not cfg.lora_r:
         raise ConfigError(f"{ckpt}: this run trained all weights; an adapter export needs a "
                           "LoRA run (export without --adapter instead)")
-    lm = load(cfg.model or "default-base")  # runs that did not record it trained the base
+    lm = load(cfg.model or "default-base", dtype="float32")  # a run without one trained the base
     module = build_model(cfg, lm)
     params = dict(module.named_parameters())
     with torch.no_grad():

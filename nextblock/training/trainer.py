@@ -315,7 +315,7 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
     acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
                       cpu=not torch.cuda.is_available())
     out = Path(cfg.out)
-    lm = load(cfg.model)
+    lm = load(cfg.model, dtype="float32")  # trained in float32; the engine is for inference
     torch.manual_seed(cfg.seed)
     module = build_model(cfg, lm)
     if cfg.seq_len > lm.context_length:

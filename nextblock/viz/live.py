@@ -40,14 +40,22 @@ def block_text(cells: list[int | None], new: list[int], pieces: Pieces) -> Text:
 
 
 def render_steps(trace: list[Step], tokenizer, row: int = 0) -> list[Text]:
-    """One line per forward pass: step number, kind, block index, the block's state."""
+    """One line per forward pass: forward number, kind, block index, the block's state. A
+    fused step ran inside the commit forward before it, so it replaces that line
+    ("commit+denoise"): the numbers are the forwards the summary counts."""
     pieces = Pieces(tokenizer)
-    lines = []
-    for f in frames(trace, row):
+    lines, n = [], 0
+    for f, st in zip(frames(trace, row), trace):
+        fused = st.fused and bool(lines)
+        n += not (fused or st.cached)
+        kind = "commit+" + f.kind if fused else f.kind
         line = Text()
-        line.append(f"{f.index + 1:>4} {f.kind:<7} b{f.block:<3} ", STYLE_STATUS)
+        line.append(f"{n if not st.cached else '-':>4} {kind:<7} b{f.block:<3} ", STYLE_STATUS)
         line.append_text(block_text(f.cells, f.new, pieces))
-        lines.append(line)
+        if fused:
+            lines[-1] = line
+        else:
+            lines.append(line)
     return lines
 
 

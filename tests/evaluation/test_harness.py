@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tiny):
-    return NextBlockLM.create_from_arg_string(f"pretrained={tiny},mode=ar,max_new_tokens=5")
+    return NextBlockLM.create_from_arg_string(f"pretrained={tiny},dtype=float32,mode=ar,max_new_tokens=5")
 
 
 def test_loglikelihood_equals_direct_log_probs(model):
@@ -74,6 +74,6 @@ metric_list:
     one = model.generate_until(reqs)
     assert one == [model.lm.generate(r.args[0], chat=False, mode="ar", max_new_tokens=5,
                                      stop=r.args[1]["until"]).text for r in reqs]
-    batched = NextBlockLM.create_from_arg_string(f"pretrained={tiny},mode=ar,max_new_tokens=5",
+    batched = NextBlockLM.create_from_arg_string(f"pretrained={tiny},dtype=float32,mode=ar,max_new_tokens=5",
                                                  {"batch_size": 3})
     assert batched.batch_size == 3 and batched.generate_until(reqs) == one

@@ -1,0 +1,413 @@
+/* nextblock's int8 CPU engine: the decoder layers of a Llama-family model in one call.
+ *
+ * Built by nextblock/engine/build.py (gcc -O3 -fopenmp, AVX-512 VNNI when the CPU has it),
+ * driven through ctypes by nextblock/engine/int8.py. Why our own C and not torch ops: a
+ * decode forward of a 135M model is ~900 small torch ops (39 ms of dispatch per forward
+ * measured here), fbgemm quantises activations per tensor (a token's output would depend on
+ * its neighbours), and no torch CPU kernel reads each int8 weight once for several rows.
+ *
+ * Row independence (what makes verified decoding exact): every row's numbers depend on that
+ * row alone. Activations are quantised per row; products are summed in int32 (exact, in any
+ * order); norms, RoPE, attention and the epilogue are computed one row at a time in a fixed
+ * order. So a T-token pass gives bit for bit the rows of T one-token passes.
+ *
+ * Weights and activations are int8 with one scale per group of 64 inputs (per output channel
+ * for weights, per row for activations; as llama.cpp's Q8_0: per-row scales alone cost 1.5%
+ * of held-out loss here, groups 0.2%). Weights are packed for VNNI: blocks of 16 output
+ * channels, each [K/4][16][4] bytes, so one 64-byte load feeds one vpdpbusd for every row of
+ * the tile. Activations go in as unsigned bytes (q + 128); comp = 128 * the group's weight
+ * sum undoes the offset.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <omp.h>
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define NB_VNNI 1
+#else
+#define NB_VNNI 0
+#endif
+#define NB_GROUP 64  /* inputs per quantisation group (weights and activations) */
+
+typedef struct {
+    int n, k;               /* n: padded to a multiple of 32; k: to a multiple of 64 */
+    const int8_t *w;        /* packed, n/16 blocks of [k/4][16][4] */
+    const float *scale;     /* [n/16][k/64][16] weight scale per output channel and group */
+    const int32_t *comp;    /* [n/16][k/64][16] 128 * sum of the group's weights */
+    const float *bias;      /* [n] or NULL */
+} QLinear;
+
+typedef struct {
+    QLinear qkv, o, gate_up, down;
+    const float *ln1, *ln2, *q_norm, *k_norm;   /* q_norm / k_norm: Qwen3, else NULL */
+    int q_off, k_off, v_off, up_off;            /* column offsets inside the fused outputs */
+} Layer;
+
+typedef struct {
+    int n_layers, d, n_heads, n_kv, hd, ffn;
+    float eps, attn_scale;
+    const Layer *layers;
+    const float *norm;
+    QLinear head;
+} Model;
+
+int nb_has_vnni(void) { return NB_VNNI; }
+
+/* ---- row-wise helpers (fixed reduction order) -------------------------------------- */
+
+static float dot16(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l & 15] += a[i] * b[i];
+    for (int s = 8; s > 0; s >>= 1)
+        for (int l = 0; l < s; l++) acc[l] += acc[l + s];
+    return acc[0];
+}
+
+static void rmsnorm(const float *x, const float *w, float *y, int d, float eps) {
+    float r = 1.0f / sqrtf(dot16(x, x, d) / (float)d + eps);
+    for (int i = 0; i < d; i++) y[i] = w[i] * (x[i] * r);
+}
+
+#if NB_VNNI
+/* exp(x) as 2^n * p(f), |f| <= 1/2, p of degree 7 (relative error about 1e-7): the same
+ * operations for every element, so results do not depend on where an element sits. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    static const float c[8] = {1.0f, 0.693147180560f, 0.240226506959f, 0.0555041086648f,
+                               0.00961812910763f, 0.00133335581464f, 0.000154035303933f,
+                               0.0000152527338040f};
+    __m512 p = _mm512_set1_ps(c[7]);
+    for (int i = 6; i >= 0; i--) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
+    return _mm512_scalef_ps(p, n);
+}
+
+static void silu_mul(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(k, g + i), y = _mm512_maskz_loadu_ps(k, u + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        __m512 r = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(r, y));
+    }
+}
+
+/* One row to unsigned bytes (q + 128), q = round-half-even(x * 127 / absmax) with one scale
+ * per group of 64 inputs, written to sx[k / 64]. */
+static void quant_row(const float *x, uint8_t *q, float *sx, int d, int kp) {
+    for (int g0 = 0; g0 < kp; g0 += NB_GROUP) {
+        __m512 mx = _mm512_setzero_ps();
+        for (int i = g0; i < g0 + NB_GROUP; i += 16) {
+            __mmask16 k = i >= d ? 0 : d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i)));
+        }
+        float m = _mm512_reduce_max_ps(mx);
+        __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
+        for (int i = g0; i < g0 + NB_GROUP; i += 16) {
+            __mmask16 k = i >= d ? 0 : d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+            _mm_storeu_si128((__m128i *)(q + i),
+                             _mm512_cvtepi32_epi8(_mm512_add_epi32(v, _mm512_set1_epi32(128))));
+        }
+        sx[g0 / NB_GROUP] = m / 127.0f;
+    }
+}
+#else
+static void silu_mul(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* One row to unsigned bytes (q + 128), one scale per group of 64 inputs (as above). */
+static void quant_row(const float *x, uint8_t *q, float *sx, int d, int kp) {
+    for (int g0 = 0; g0 < kp; g0 += NB_GROUP) {
+        float m = 0.0f;
+        for (int i = g0; i < g0 + NB_GROUP && i < d; i++) m = fmaxf(m, fabsf(x[i]));
+        float inv = m > 0.0f ? 127.0f / m : 0.0f;
+        for (int i = g0; i < g0 + NB_GROUP; i++)
+            q[i] = i < d ? (uint8_t)((int)nearbyintf(x[i] * inv) + 128) : 128;
+        sx[g0 / NB_GROUP] = m / 127.0f;
+    }
+}
+#endif
+
+static void rope(float *x, const float *cos, const float *sin, int hd) {
+    int h = hd / 2;
+    for (int i = 0; i < h; i++) {
+        float a = x[i], b = x[i + h];
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + h] = b * cos[i + h] + a * sin[i + h];
+    }
+}
+
+/* ---- int8 GEMM, grouped: y[m, n] = sum_g (xq[m, g] . w[n, g] - comp[n, g]) * ws[n, g] *
+ * sx[m, g] + bias[n], groups of 64 inputs, the groups summed in order. ------------------ */
+
+#if NB_VNNI
+/* MR rows x 32 channels; P independent int32 sums per output (latency hiding for few rows;
+ * integer addition is exact, so the split changes no bit). */
+#define NB_TILE(MR, P)                                                                     \
+    static void tile##MR(const QLinear *L, const uint8_t *x, const float *sx, int c,       \
+                         float *y, int ldy) {                                              \
+        int kg = L->k / 4, ng = L->k / NB_GROUP;                                           \
+        __m512 f[MR][2];                                                                   \
+        for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();              \
+        for (int gi = 0; gi < ng; gi++) {                                                  \
+            __m512i a0[MR][P], a1[MR][P];                                                  \
+            for (int r = 0; r < MR; r++)                                                   \
+                for (int p = 0; p < P; p++) a0[r][p] = a1[r][p] = _mm512_setzero_si512();  \
+            const int8_t *w0 = L->w + ((size_t)(2 * c) * kg + gi * 16) * 64;               \
+            const int8_t *w1 = w0 + (size_t)kg * 64;                                       \
+            const uint8_t *xg = x + gi * NB_GROUP;                                         \
+            for (int g = 0; g < 16; g += P)                                                \
+                for (int p = 0; p < P; p++) {                                              \
+                    __m512i v0 = _mm512_loadu_si512(w0 + (g + p) * 64);                    \
+                    __m512i v1 = _mm512_loadu_si512(w1 + (g + p) * 64);                    \
+                    for (int r = 0; r < MR; r++) {                                         \
+                        int32_t a4;                                                        \
+                        memcpy(&a4, xg + (size_t)r * L->k + 4 * (g + p), 4);               \
+                        __m512i b = _mm512_set1_epi32(a4);                                 \
+                        a0[r][p] = _mm512_dpbusd_epi32(a0[r][p], b, v0);                   \
+                        a1[r][p] = _mm512_dpbusd_epi32(a1[r][p], b, v1);                   \
+                    }                                                                      \
+                }                                                                          \
+            size_t e0 = ((size_t)(2 * c) * ng + gi) * 16, e1 = e0 + (size_t)ng * 16;       \
+            __m512i c0 = _mm512_loadu_si512(L->comp + e0), c1 = _mm512_loadu_si512(L->comp + e1); \
+            __m512 s0 = _mm512_loadu_ps(L->scale + e0), s1 = _mm512_loadu_ps(L->scale + e1); \
+            for (int r = 0; r < MR; r++) {                                                 \
+                for (int p = 1; p < P; p++) {                                              \
+                    a0[r][0] = _mm512_add_epi32(a0[r][0], a0[r][p]);                       \
+                    a1[r][0] = _mm512_add_epi32(a1[r][0], a1[r][p]);                       \
+                }                                                                          \
+                __m512 xs = _mm512_set1_ps(sx[(size_t)r * ng + gi]);                       \
+                f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a0[r][0], c0)), \
+                                          _mm512_mul_ps(s0, xs), f[r][0]);                 \
+                f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a1[r][0], c1)), \
+                                          _mm512_mul_ps(s1, xs), f[r][1]);                 \
+            }                                                                              \
+        }                                                                                  \
+        for (int r = 0; r < MR; r++)                                                       \
+            for (int j = 0; j < 2; j++) {                                                  \
+                int n0 = c * 32 + j * 16;                                                  \
+                __m512 v = f[r][j];                                                        \
+                if (L->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(L->bias + n0));          \
+                _mm512_storeu_ps(y + (size_t)r * ldy + n0, v);                             \
+            }                                                                              \
+    }
+NB_TILE(1, 4)
+NB_TILE(2, 4)
+NB_TILE(3, 2)
+NB_TILE(4, 2)
+NB_TILE(5, 1)
+NB_TILE(6, 1)
+#define NB_MR 6
+#else
+/* Portable path: the same packed layout, int32 group sums and float order of groups. */
+static void tile_scalar(const QLinear *L, const uint8_t *x, const float *sx, int MR, int c,
+                        float *y, int ldy) {
+    int kg = L->k / 4, ng = L->k / NB_GROUP;
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 2; j++) {
+            int blk = 2 * c + j;
+            const int8_t *w = L->w + (size_t)blk * kg * 64;
+            float f[16] = {0};
+            for (int gi = 0; gi < ng; gi++) {
+                int32_t acc[16] = {0};
+                for (int g = gi * 16; g < gi * 16 + 16; g++)
+                    for (int l = 0; l < 16; l++)
+                        for (int b = 0; b < 4; b++)
+                            acc[l] += (int32_t)x[(size_t)r * L->k + 4 * g + b] *
+                                      (int32_t)w[(size_t)g * 64 + l * 4 + b];
+                size_t e = ((size_t)blk * ng + gi) * 16;
+                for (int l = 0; l < 16; l++)
+                    f[l] = fmaf((float)(acc[l] - L->comp[e + l]),
+                                L->scale[e + l] * sx[(size_t)r * ng + gi], f[l]);
+            }
+            for (int l = 0; l < 16; l++) {
+                int n = blk * 16 + l;
+                y[(size_t)r * ldy + n] = L->bias ? f[l] + L->bias[n] : f[l];
+            }
+        }
+}
+#define NB_MR 4
+#endif
+
+/* Each 32-channel chunk of weights is read from memory once for all M rows: its row tiles
+ * run back to back while the chunk sits in L2. */
+static void qgemm(const QLinear *L, const uint8_t *x, const float *sx, int M, float *y,
+                  int ldy) {
+    int chunks = L->n / 32, ng = L->k / NB_GROUP;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < chunks; c++)
+        for (int m0 = 0; m0 < M; m0 += NB_MR) {
+            int mr = M - m0 < NB_MR ? M - m0 : NB_MR;
+            const uint8_t *xr = x + (size_t)m0 * L->k;
+            const float *sr = sx + (size_t)m0 * ng;
+            float *yr = y + (size_t)m0 * ldy;
+#if NB_VNNI
+            switch (mr) {
+            case 1: tile1(L, xr, sr, c, yr, ldy); break;
+            case 2: tile2(L, xr, sr, c, yr, ldy); break;
+            case 3: tile3(L, xr, sr, c, yr, ldy); break;
+            case 4: tile4(L, xr, sr, c, yr, ldy); break;
+            case 5: tile5(L, xr, sr, c, yr, ldy); break;
+            default: tile6(L, xr, sr, c, yr, ldy); break;
+            }
+#else
+            tile_scalar(L, xr, sr, mr, c, yr, ldy);
+#endif
+        }
+}
+
+/* x [M, d] -> y [M, L->n]; q [M, L->k] bytes and sx [M, L->k / 64] are scratch. */
+void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
+               float *y) {
+    int ng = L->k / NB_GROUP;
+    for (int m = 0; m < M; m++)
+        quant_row(x + (size_t)m * d, q + (size_t)m * L->k, sx + (size_t)m * ng, d, L->k);
+    qgemm(L, q, sx, M, y, L->n);
+}
+
+/* ---- attention: per (row, head, query), keys in order, masked keys skipped -------------- */
+
+static void attention(const Model *m, const float *qkv, int B, int T, const uint8_t *mask,
+                      int K, const float *kc, const float *vc, int maxlen, float *out,
+                      float *scores) {
+    int H = m->n_heads, G = m->n_heads / m->n_kv, hd = m->hd, ld = m->layers[0].qkv.n;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            float *s = scores + (size_t)omp_get_thread_num() * K;
+            const float *kb = kc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
+            const float *vb = vc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + (size_t)(b * T + t) * ld + m->layers[0].q_off + h * hd;
+                const uint8_t *mk = mask + (size_t)(b * T + t) * K;
+                float *o = out + (size_t)(b * T + t) * H * hd + h * hd;
+                float mx = -INFINITY, sum = 0.0f;
+                for (int j = 0; j < K; j++)
+                    if (mk[j]) {
+                        s[j] = dot16(q, kb + (size_t)j * hd, hd) * m->attn_scale;
+                        mx = fmaxf(mx, s[j]);
+                    }
+                for (int i = 0; i < hd; i++) o[i] = 0.0f;
+                if (mx == -INFINITY) continue;  /* a row that sees nothing (padding) */
+                for (int j = 0; j < K; j++)
+                    if (mk[j]) {
+                        float p = expf(s[j] - mx);
+                        sum += p;
+                        const float *v = vb + (size_t)j * hd;
+                        for (int i = 0; i < hd; i++) o[i] += p * v[i];
+                    }
+                for (int i = 0; i < hd; i++) o[i] /= sum;
+            }
+        }
+}
+
+static void residual(float *h, const float *y, int M, int d, int ldy) {
+    for (int r = 0; r < M; r++)
+        for (int i = 0; i < d; i++) h[(size_t)r * d + i] += y[(size_t)r * ldy + i];
+}
+
+/* ---- one decoder layer, then all of them ------------------------------------------------ */
+
+typedef struct {
+    float *x, *qkv, *att, *mlp;   /* [M, d], [M, qkv.n], [M, H*hd], [M, gate_up.n] */
+    uint8_t *q;                   /* [M, max k] */
+    float *sx, *scores;           /* [M], [threads, K] */
+} Scratch;
+
+static void layer_forward(const Model *m, int li, float *h, int B, int T, const float *cos,
+                          const float *sin, const uint8_t *mask, int K, float *kc, float *vc,
+                          int cache_len, int maxlen, Scratch *s) {
+    const Layer *L = &m->layers[li];
+    int M = B * T, d = m->d, hd = m->hd;
+    size_t lay = (size_t)li * B * m->n_kv * maxlen * hd;
+    for (int r = 0; r < M; r++) rmsnorm(h + (size_t)r * d, L->ln1, s->x + (size_t)r * d, d, m->eps);
+    nb_linear(&L->qkv, s->x, M, d, s->q, s->sx, s->qkv);
+    for (int r = 0; r < M; r++) {
+        float *row = s->qkv + (size_t)r * L->qkv.n;
+        int b = r / T, t = r % T;
+        for (int hh = 0; hh < m->n_heads; hh++) {
+            float *q = row + L->q_off + hh * hd;
+            if (L->q_norm) rmsnorm(q, L->q_norm, q, hd, m->eps);
+            rope(q, cos + (size_t)r * hd, sin + (size_t)r * hd, hd);
+        }
+        for (int kh = 0; kh < m->n_kv; kh++) {
+            float *k = row + L->k_off + kh * hd;
+            if (L->k_norm) rmsnorm(k, L->k_norm, k, hd, m->eps);
+            rope(k, cos + (size_t)r * hd, sin + (size_t)r * hd, hd);
+            size_t slot = lay + (((size_t)b * m->n_kv + kh) * maxlen + cache_len + t) * hd;
+            memcpy(kc + slot, k, hd * sizeof(float));
+            memcpy(vc + slot, row + L->v_off + kh * hd, hd * sizeof(float));
+        }
+    }
+    attention(m, s->qkv, B, T, mask, K, kc + lay, vc + lay, maxlen, s->att, s->scores);
+    nb_linear(&L->o, s->att, M, m->n_heads * hd, s->q, s->sx, s->x);
+    residual(h, s->x, M, d, L->o.n);
+    for (int r = 0; r < M; r++) rmsnorm(h + (size_t)r * d, L->ln2, s->x + (size_t)r * d, d, m->eps);
+    nb_linear(&L->gate_up, s->x, M, d, s->q, s->sx, s->mlp);
+    int gn = L->gate_up.n;
+    for (int r = 0; r < M; r++) {
+        float *g = s->mlp + (size_t)r * gn, *u = g + L->up_off;
+        silu_mul(g, u, m->ffn);
+    }
+    for (int r = 0; r < M; r++)  /* compact the activations to [M, ffn] rows */
+        memmove(s->mlp + (size_t)r * m->ffn, s->mlp + (size_t)r * gn, m->ffn * sizeof(float));
+    nb_linear(&L->down, s->mlp, M, m->ffn, s->q, s->sx, s->x);
+    residual(h, s->x, M, d, L->down.n);
+}
+
+/* h [B*T, d] in place through every layer; keys/values of the chunk written at
+ * [cache_len, cache_len + T) of cache k/v [layers, B, n_kv, maxlen, hd]; mask [B, T, K]. */
+void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const float *sin,
+               const uint8_t *mask, int K, float *kc, float *vc, int cache_len, int maxlen,
+               float *scratch, int threads) {
+    int M = B * T, maxk = m->ffn > m->d ? m->ffn : m->d;
+    if (m->n_heads * m->hd > maxk) maxk = m->n_heads * m->hd;
+    maxk = (maxk + 63) / 64 * 64;
+    Scratch s;
+    float *p = scratch;
+    s.x = p; p += (size_t)M * maxk;
+    s.qkv = p; p += (size_t)M * m->layers[0].qkv.n;
+    s.att = p; p += (size_t)M * m->n_heads * m->hd;
+    s.mlp = p; p += (size_t)M * m->layers[0].gate_up.n;
+    s.sx = p; p += (size_t)M * (maxk / 64 + 1);
+    s.scores = p; p += (size_t)threads * K;
+    s.q = (uint8_t *)p;
+    omp_set_num_threads(threads);
+    for (int li = 0; li < m->n_layers; li++)
+        layer_forward(m, li, h, B, T, cos, sin, mask, K, kc, vc, cache_len, maxlen, &s);
+}
+
+/* Scratch floats nb_layers needs (the caller owns the buffer: no allocation per forward). */
+long nb_scratch_floats(const Model *m, int M, int K, int threads) {
+    int maxk = m->ffn > m->d ? m->ffn : m->d;
+    if (m->n_heads * m->hd > maxk) maxk = m->n_heads * m->hd;
+    maxk = (maxk + 63) / 64 * 64;
+    return (long)M * (maxk + m->layers[0].qkv.n + m->n_heads * m->hd + m->layers[0].gate_up.n
+                      + maxk / 64 + 1 + maxk / 4 + 1) + (long)threads * K + 64;
+}
+
+/* Final norm of M rows into `normed`; then, unless logits is NULL, the LM head. */
+void nb_head(const Model *m, const float *h, int M, float *normed, uint8_t *q, float *sx,
+             float *logits, int threads) {
+    omp_set_num_threads(threads);
+    for (int r = 0; r < M; r++)
+        rmsnorm(h + (size_t)r * m->d, m->norm, normed + (size_t)r * m->d, m->d, m->eps);
+    if (logits) nb_linear(&m->head, normed, M, m->d, q, sx, logits);
+}
+
+/* Pack an int8 [n_real, k_real] row-major weight into the VNNI layout (zero padding). */
+void nb_pack(const int8_t *w, int n_real, int k_real, int n, int k, int8_t *out) {
+    int kg = k / 4;
+    memset(out, 0, (size_t)n * k);
+    for (int r = 0; r < n_real; r++)
+        for (int c = 0; c < k_real; c++)
+            out[((size_t)(r / 16) * kg + c / 4) * 64 + (r % 16) * 4 + c % 4] = w[(size_t)r * k_real + c];
+}
