@@ -44,13 +44,13 @@ def render_steps(trace: list[Step], tokenizer, row: int = 0) -> list[Text]:
     fused step ran inside the commit forward before it, so it replaces that line
     ("commit+denoise"): the numbers are the forwards the summary counts."""
     pieces = Pieces(tokenizer)
-    lines, n = [], 0
+    lines = []
     for f, st in zip(frames(trace, row), trace):
         fused = st.fused and bool(lines)
-        n += not (fused or st.cached)
         kind = "commit+" + f.kind if fused else f.kind
         line = Text()
-        line.append(f"{n if not st.cached else '-':>4} {kind:<7} b{f.block:<3} ", STYLE_STATUS)
+        line.append(f"{f.forwards if not st.cached else '-':>4} {kind:<7} b{f.block:<3} ",
+                    STYLE_STATUS)
         line.append_text(block_text(f.cells, f.new, pieces))
         if fused:
             lines[-1] = line
@@ -105,8 +105,8 @@ class LiveView:
         if not s.steps:
             return Text("waiting for the first forward…", STYLE_STATUS)
         n = len(s.committed) + sum(t is not None for t in s.cells)
-        msg = (f"step {s.steps} · {s.kind} · block {s.block} · {n} tokens / {s.steps} "
-               f"forwards = {n / s.steps:.2f} tokens/forward")
+        msg = (f"step {s.steps} · {s.kind} · block {s.block} · {n} tokens / {s.forwards} "
+               f"forwards = {n / max(1, s.forwards):.2f} tokens/forward")
         if s.finished:
             msg += f" · done ({s.finished})"
         return Text(msg, STYLE_STATUS)

@@ -29,6 +29,7 @@ class Frame:
     committed: list[int]  # final tokens before the current block
     cells: list[int | None]  # current block: token id, or None for a mask
     new: list[int]  # positions in `cells` filled by this forward
+    forwards: int = 0  # forwards run up to this step (what the summary counts)
 
     @property
     def decided(self) -> int:
@@ -45,7 +46,10 @@ class Replay:
 
     def __init__(self, row: int = 0):
         self.row = row
-        self.steps = 0  # forwards seen (whole batch: one forward serves every row)
+        self.steps = 0  # trace steps seen
+        # forwards run (whole batch: one forward serves every row); a fused step ran inside
+        # the commit forward before it and a cached prefill ran none: the summary's count
+        self.forwards = 0
         self.kind, self.block, self.start = "", -1, 0
         self.committed: list[int] = []
         self.cells: list[int | None] = []
@@ -54,6 +58,7 @@ class Replay:
 
     def step(self, st: Step) -> None:
         self.steps += 1
+        self.forwards += not (st.fused or st.cached)
         self.kind, self.new = st.kind, []
         filled = st.filled.get(self.row)
         if filled is None:  # this row is no longer in the batch
@@ -80,7 +85,7 @@ class Replay:
 
     def frame(self) -> Frame:
         return Frame(self.steps - 1, self.kind, self.block, self.start, list(self.committed),
-                     list(self.cells), list(self.new))
+                     list(self.cells), list(self.new), self.forwards)
 
 
 def frames(trace: list[Step], row: int = 0, limit: int | None = None) -> list[Frame]:

@@ -84,3 +84,17 @@ def test_render_steps_ar_never_masks(generate, tok):
 def test_pieces_show_whitespace(tok):
     p = Pieces(tok)
     assert p(5) == "↵" and p(6) == "·x→" and p(7) == "t7·"
+
+
+def test_fused_steps_are_not_counted_as_forwards(generate, tok):
+    """A fused step runs inside the commit forward: the footer and the step lines count
+    forwards as the summary does, not trace steps."""
+    c = console()
+    with LiveView(tok, console=c) as view:
+        out = generate("block", block_size=4, threshold=0.5, max_new_tokens=16, on_event=view)
+    fused = sum(st.fused for st in out.trace)
+    assert fused > 0 and out.forwards == len(out.trace) - fused
+    assert view.state.forwards == out.forwards
+    assert f"/ {out.forwards} forwards" in plain(c)
+    lines = render_steps(out.trace, tok)
+    assert len(lines) == out.forwards and lines[-1].plain.split()[0] == str(out.forwards)
