@@ -1,7 +1,8 @@
 """The cost of one forward by query length T, per weight format, beside the machine's floors.
 
     python bench/forward_cost.py [--model default] [--lengths 1,2,4,8,16,32] [--context 128]
-        [--threads 2] [--json cost.json] [--plot cost.png]
+        [--threads 2] [--formats float32,int8] [--json cost.json] [--plot cost.png]
+    perf record python bench/forward_cost.py --formats int8 --lengths 4   # where time goes
 
 Block decoding pays only if a forward over a block of T tokens costs about what a 1-token
 forward costs. For every format nextblock offers (the float32 torch reference, the int8
@@ -24,7 +25,7 @@ import torch
 
 import nextblock
 from nextblock.cache import KVCache
-from nextblock.engine.int8 import _ptr
+from nextblock.engine.int8 import as_ptr
 from nextblock.modeling import forward
 
 
@@ -75,8 +76,8 @@ def engine_gemms(engine, T: int):
 
     def run():
         for ql in lins:
-            engine.lib.nb_linear(byref(ql), _ptr(x), c_int(T), c_int(ql.k), _ptr(q), _ptr(sx),
-                                 _ptr(y))
+            engine.lib.nb_linear(byref(ql), as_ptr(x), c_int(T), c_int(ql.k), as_ptr(q),
+                                 as_ptr(sx), as_ptr(y))
     return run, sum(ql.n * ql.k for ql in lins)
 
 
@@ -110,14 +111,16 @@ def main(argv=None):
     p.add_argument("--lengths", default="1,2,4,8,16,32")
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--formats", default="float32,int8", help="which rows to time")
     p.add_argument("--json")
     p.add_argument("--plot")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
+    formats = set(args.formats.split(","))
     bw, peak = bandwidth_gbs(), fp32_peak_gflops()
-    fast = nextblock.load(args.model)  # the default: the int8 engine on this CPU
     ref = nextblock.load(args.model, dtype="float32")
+    fast = nextblock.load(args.model, dtype="int8") if "int8" in formats else ref
     params = sum(p.numel() for n, p in ref.model.named_parameters() if "embed" not in n)
     engine = getattr(fast.model, "nextblock_engine", None)
     rows = {"float32 (torch)": {}, "int8 engine": {}, "int8 engine: GEMMs alone": {}}
@@ -127,7 +130,8 @@ def main(argv=None):
         run48, macs = engine_gemms(engine, 48)
         int8_peak = 2 * 48 * macs / per_call(run48) / 1e9
     for T in lengths:
-        rows["float32 (torch)"][T] = per_call(forward_fn(ref, T, args.context)) * 1000
+        if "float32" in formats:
+            rows["float32 (torch)"][T] = per_call(forward_fn(ref, T, args.context)) * 1000
         flops = 2 * params * T
         floors["float32 floor"][T] = max(4 * params / bw / 1e6, flops / peak / 1e6)
         if engine is not None:

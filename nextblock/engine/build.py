@@ -85,10 +85,3 @@ def engine_library(portable: bool = False) -> ctypes.CDLL:
                 os.unlink(tmp)
     return ctypes.CDLL(str(target))
 
-
-def available() -> bool:
-    try:
-        engine_library()
-        return True
-    except (EngineUnavailable, OSError):
-        return False

@@ -1,6 +1,6 @@
 """The int8 CPU engine: a loaded float model's weights packed once, forwards in one C call.
 
-    engine = Int8Engine(model)            # int8 per output channel, q/k/v and gate/up fused
+    engine = Int8Engine(model)            # int8 in groups of 64, q/k/v and gate/up fused
     logits = engine.forward(ids, positions, mask, cache)   # modeling.forward's contract
 
 `nextblock.load()` attaches one to the model on the CPU by default (`model.nextblock_engine`)
@@ -11,7 +11,7 @@ at load time).
 What it guarantees (tests/engine): a row's logits depend on that row's tokens and on the
 keys it attends to, not on how many rows share the pass, bit for bit; so verified decoding
 gives exactly the tokens of AR decoding with the same engine. Against float32 it differs by
-int8 rounding (the drift is measured in bench/forward_cost.py and the tests).
+int8 rounding (measured by bench/int8_fidelity.py; checked in tests/test_default_model.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class _Model(Structure):
                 ("layers", POINTER(_Layer)), ("norm", c_void_p), ("head", _QLinear)]
 
 
-def _ptr(t: torch.Tensor | None):
+def as_ptr(t: torch.Tensor | None):
+    """A tensor's data as a C pointer (None: NULL); the caller keeps the tensor alive."""
     return None if t is None else c_void_p(t.data_ptr())
 
 
@@ -90,7 +91,9 @@ class Int8Engine:
                         self.hd, cfg.intermediate_size, float(cfg.rms_norm_eps),
                         float(attn0.scaling), self._layers, self._vec(dec.norm.weight),
                         self._linear([lm_head(model)])[0])
-        self._scratch = torch.empty(0)
+        self.lib.nb_scratch_floats.restype = ctypes.c_long
+        self._scratch = torch.empty(0)  # grown, never shrunk: no allocation per forward
+        self._head_q, self._head_sx = torch.empty(0, dtype=torch.uint8), torch.empty(0)
 
     # -- packing ------------------------------------------------------------------------
     def _vec(self, t):
@@ -112,12 +115,11 @@ class Int8Engine:
             if m.bias is not None:
                 bias[off:off + m.weight.shape[0]] = m.bias.detach().float()
         q, scale = quantize_groups(w)
-        comp = 128 * q.to(torch.int32).view(n, kp // GROUP, GROUP).sum(dim=2)
+        comp = (128 * q.to(torch.int32).view(n, kp // GROUP, GROUP).sum(dim=2)).to(torch.int32)
         # [n, groups] -> [n / 16, groups, 16]: one vector load per block and group
         scale, comp = (t.view(n // 16, 16, -1).transpose(1, 2).contiguous() for t in (scale, comp))
         packed, q = torch.empty(n * kp, dtype=torch.int8), q.contiguous()
-        self.lib.nb_pack(_ptr(q), c_int(n), c_int(kp), c_int(n), c_int(kp), _ptr(packed))
-        comp = comp.to(torch.int32)
+        self.lib.nb_pack(as_ptr(q), c_int(n), c_int(kp), c_int(n), c_int(kp), as_ptr(packed))
         self._keep += [packed, scale, comp, bias]
         has_bias = any(m.bias is not None for m in mods)
         ql = _QLinear(n, kp, packed.data_ptr(), scale.data_ptr(), comp.data_ptr(),
@@ -138,9 +140,8 @@ class Int8Engine:
 
     # -- running -------------------------------------------------------------------------
     def _scratch_for(self, M: int, K: int, threads: int) -> torch.Tensor:
-        n = self.lib.nb_scratch_floats  # sized in C, where the buffers are carved out
-        n.restype = ctypes.c_long
-        need = n(byref(self.m), c_int(M), c_int(K), c_int(threads))
+        # sized in C, where the buffers are carved out
+        need = self.lib.nb_scratch_floats(byref(self.m), c_int(M), c_int(K), c_int(threads))
         if self._scratch.numel() < need:
             self._scratch = torch.empty(need)
         return self._scratch
@@ -162,18 +163,20 @@ class Int8Engine:
         cos, sin = (t.float().contiguous() for t in self.rotary(h[None], positions))
         threads = torch.get_num_threads()
         scratch = self._scratch_for(B * T, K, threads)
-        self.lib.nb_layers(byref(self.m), _ptr(h), c_int(B), c_int(T), _ptr(cos), _ptr(sin),
-                           _ptr(mask), c_int(K), _ptr(cache.k), _ptr(cache.v),
-                           c_int(cache.length), c_int(cache.max_len), _ptr(scratch),
+        self.lib.nb_layers(byref(self.m), as_ptr(h), c_int(B), c_int(T), as_ptr(cos), as_ptr(sin),
+                           as_ptr(mask), c_int(K), as_ptr(cache.k), as_ptr(cache.v),
+                           c_int(cache.length), c_int(cache.max_len), as_ptr(scratch),
                            c_int(threads))
         rows = h.view(B, T, -1)[:, logits_from:].contiguous()
         M, d = rows.shape[0] * rows.shape[1], rows.shape[2]
         normed = torch.empty(M, d)
-        q = torch.empty(M * self.m.head.k, dtype=torch.uint8)
-        sx = torch.empty(M * self.m.head.k // GROUP)
+        if self._head_q.numel() < M * self.m.head.k:
+            self._head_q = torch.empty(M * self.m.head.k, dtype=torch.uint8)
+            self._head_sx = torch.empty(M * self.m.head.k // GROUP)
+        q, sx = self._head_q, self._head_sx
         logits = None if hidden else torch.empty(M, self.m.head.n)
-        self.lib.nb_head(byref(self.m), _ptr(rows), c_int(M), _ptr(normed), _ptr(q),
-                         _ptr(sx), _ptr(logits), c_int(threads))
+        self.lib.nb_head(byref(self.m), as_ptr(rows), c_int(M), as_ptr(normed), as_ptr(q),
+                         as_ptr(sx), as_ptr(logits), c_int(threads))
         if hidden:
             return normed.view(B, -1, d)
         logits = logits.view(B, -1, self.m.head.n)

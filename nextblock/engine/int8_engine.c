@@ -363,14 +363,19 @@ static void layer_forward(const Model *m, int li, float *h, int B, int T, const 
     residual(h, s->x, M, d, L->down.n);
 }
 
+/* The widest layer input, padded to a group: the width of the row scratch buffers. */
+static int max_k(const Model *m) {
+    int k = m->ffn > m->d ? m->ffn : m->d;
+    if (m->n_heads * m->hd > k) k = m->n_heads * m->hd;
+    return (k + NB_GROUP - 1) / NB_GROUP * NB_GROUP;
+}
+
 /* h [B*T, d] in place through every layer; keys/values of the chunk written at
  * [cache_len, cache_len + T) of cache k/v [layers, B, n_kv, maxlen, hd]; mask [B, T, K]. */
 void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const float *sin,
                const uint8_t *mask, int K, float *kc, float *vc, int cache_len, int maxlen,
                float *scratch, int threads) {
-    int M = B * T, maxk = m->ffn > m->d ? m->ffn : m->d;
-    if (m->n_heads * m->hd > maxk) maxk = m->n_heads * m->hd;
-    maxk = (maxk + 63) / 64 * 64;
+    int M = B * T, maxk = max_k(m);
     Scratch s;
     float *p = scratch;
     s.x = p; p += (size_t)M * maxk;
@@ -387,9 +392,7 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
 
 /* Scratch floats nb_layers needs (the caller owns the buffer: no allocation per forward). */
 long nb_scratch_floats(const Model *m, int M, int K, int threads) {
-    int maxk = m->ffn > m->d ? m->ffn : m->d;
-    if (m->n_heads * m->hd > maxk) maxk = m->n_heads * m->hd;
-    maxk = (maxk + 63) / 64 * 64;
+    int maxk = max_k(m);
     return (long)M * (maxk + m->layers[0].qkv.n + m->n_heads * m->hd + m->layers[0].gate_up.n
                       + maxk / 64 + 1 + maxk / 4 + 1) + (long)threads * K + 64;
 }

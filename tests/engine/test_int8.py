@@ -8,7 +8,7 @@ import nextblock
 from nextblock.cache import KVCache
 from nextblock.config import DecodeSettings
 from nextblock.decoding.loop import run
-from nextblock.engine.int8 import GROUP, Int8Engine, _ptr, quantize_groups
+from nextblock.engine.int8 import GROUP, Int8Engine, as_ptr, quantize_groups
 from nextblock.modeling import forward
 from tests.helpers import MASK, random_prompts, save_tiny, tiny_model
 
@@ -77,10 +77,19 @@ def _gemm_reference(x, w, bias):
     return (ints * sw[None].double() * sx[:, None].double()).sum(-1) + bias.double()
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_gemm_equals_the_quantised_arithmetic(portable):
+def _apply(eng, ql, x):
+    """One packed linear through the C GEMM (activations quantised per row and group)."""
     from ctypes import byref, c_int
 
+    M = x.shape[0]
+    q, sx, y = torch.empty(M * ql.k, dtype=torch.uint8), torch.empty(M * ql.k), torch.empty(M, ql.n)
+    eng.lib.nb_linear(byref(ql), as_ptr(x), c_int(M), c_int(x.shape[1]), as_ptr(q), as_ptr(sx),
+                      as_ptr(y))
+    return y
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_gemm_equals_the_quantised_arithmetic(portable):
     torch.manual_seed(0)
     lin = torch.nn.Linear(2 * GROUP, 96)
     model = tiny_model("llama")
@@ -88,16 +97,13 @@ def test_gemm_equals_the_quantised_arithmetic(portable):
     ql, _ = eng._linear([lin])
     x = torch.randn(7, 2 * GROUP)
     x[3] *= 40  # an outlier row changes no other row
-    q, sx, y = torch.empty(7 * ql.k, dtype=torch.uint8), torch.empty(7 * 2), torch.empty(7, ql.n)
-    eng.lib.nb_linear(byref(ql), _ptr(x), c_int(7), c_int(x.shape[1]), _ptr(q), _ptr(sx), _ptr(y))
+    y = _apply(eng, ql, x)
     ref = _gemm_reference(x, lin.weight.detach(), lin.bias.detach())
     assert torch.allclose(y[:, :96].double(), ref, rtol=1e-5, atol=1e-5)
     assert ((y[:, :96] - lin(x).detach()).norm(dim=1) / lin(x).detach().norm(dim=1)).max() < 0.02
 
 
 def test_portable_and_vnni_builds_give_the_same_products():
-    from ctypes import byref, c_int
-
     from nextblock.engine.build import compile_flags
 
     if "-mavx512vnni" not in compile_flags():
@@ -109,9 +115,7 @@ def test_portable_and_vnni_builds_give_the_same_products():
     for portable in (False, True):
         eng = Int8Engine(tiny_model("llama"), portable=portable)
         ql, _ = eng._linear([lin])
-        q, sx, y = torch.empty(5 * ql.k, dtype=torch.uint8), torch.empty(15), torch.empty(5, ql.n)
-        eng.lib.nb_linear(byref(ql), _ptr(x), c_int(5), c_int(ql.k), _ptr(q), _ptr(sx), _ptr(y))
-        outs.append(y)
+        outs.append(_apply(eng, ql, x))
     assert torch.equal(outs[0], outs[1])
 
 
