@@ -88,7 +88,7 @@ def train_step(model: str, L: int, attention: str, rope_kind: str) -> dict:
     from nextblock.training.objective import ObjectiveSettings, noise, objective
     from nextblock.training.trainer import AdaptConfig, build_model
 
-    lm = nextblock.load(model)
+    lm = nextblock.load(model, dtype="float32")  # trained in float32
     scaling = _scaling_for(lm, L, rope_kind)
     module = build_model(AdaptConfig(data=["-"], lora_r=32, lora_alpha=64,
                                      rope_scaling=scaling), lm)
@@ -157,12 +157,13 @@ def bench_decode(args) -> list[dict]:
     from nextblock.decoding.loop import Result, decode, prefill
 
     out, lm, scaling = [], None, "unset"
-    probe = nextblock.load(args.model)
+    probe = nextblock.load(args.model, dtype="float32")  # tokenizer and context only
     tokens = filler_tokens(probe.tokenizer, max(args.lengths))
     for L in args.lengths:  # L: the whole context, prompt (L - new tokens) and new tokens
         if _scaling_for(probe, L, args.rope_scaling) != scaling:  # only as much as L needs
             scaling = _scaling_for(probe, L, args.rope_scaling)
-            lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
+            lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize,
+                                    dtype=args.dtype)
             per_token = KVCache.for_model(lm.model, 1, 1).bytes_per_token
         P, ar = L - args.new, None
         reset_peak()
@@ -213,7 +214,7 @@ def bench_decode(args) -> list[dict]:
 def bench_probe(args) -> list[dict]:
     import nextblock
 
-    probe = nextblock.load(args.model)
+    probe = nextblock.load(args.model, dtype="float32")  # tokenizer and context only
     lm, scaling, tok = None, "unset", probe.tokenizer
     rng = random.Random(0)
     question = "\n\nWhat is the secret number mentioned in the text above? Answer with the number."
@@ -221,7 +222,8 @@ def bench_probe(args) -> list[dict]:
     for L in args.lengths:  # L: the whole context (prompt, question and answer)
         if _scaling_for(probe, L, args.rope_scaling) != scaling:
             scaling = _scaling_for(probe, L, args.rope_scaling)
-            lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize)
+            lm = nextblock.load(args.model, rope_scaling=scaling, quantize=args.quantize,
+                                    dtype=args.dtype)
         for mode in args.modes:
             hits, answers = [], []
             for trial in range(args.trials):
@@ -255,10 +257,11 @@ def bench_loss(args) -> list[dict]:
     from nextblock import masks
     from nextblock.modeling import forward, lm_head
 
-    out, plain, T = [], nextblock.load(args.model), args.target
+    out, plain, T = [], nextblock.load(args.model, dtype=args.dtype), args.target
     for L in args.lengths:  # L: the longest context plus the scored tokens
         scaling = _scaling_for(plain, L, args.rope_scaling)
-        lm = plain if scaling is None else nextblock.load(args.model, rope_scaling=scaling)
+        lm = plain if scaling is None else nextblock.load(args.model, rope_scaling=scaling,
+                                                         dtype=args.dtype)
         stream = filler_tokens(lm.tokenizer, L * args.windows)
         contexts = [c for c in (256, 512, 1024, 2048, 4096, 8192, 16384) if c < L - T]
         contexts.append(L - T)
@@ -298,6 +301,8 @@ def main(argv=None) -> int:
     p.add_argument("--prefill-chunk", type=int, default=2048)
     p.add_argument("--rope-scaling", default="yarn", help="type used beyond the window")
     p.add_argument("--quantize", choices=["int8"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "auto", "int8"],
+                   help="decode/probe/loss: float32 (the README's runs) or the int8 engine")
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--windows", type=int, default=4, help="loss: windows of held-out text")
     p.add_argument("--target", type=int, default=256, help="loss: tokens scored per window")

@@ -81,6 +81,8 @@ def main(argv=None):
     p.add_argument("--url", help="a running server (default: start one here)")
     p.add_argument("--model", default=None, help="model to serve when starting one here")
     p.add_argument("--quantize", choices=["int8"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "auto", "int8"],
+                   help="float32 (the README's runs) or the int8 engine")
     p.add_argument("--model-name", help="model id to request (default: the served one)")
     p.add_argument("--api-key")
     p.add_argument("--clients", type=int, default=4)
@@ -97,7 +99,7 @@ def main(argv=None):
         import nextblock
         from nextblock.serving import BackgroundServer, create_app
 
-        lm = nextblock.load(args.model, quantize=args.quantize)
+        lm = nextblock.load(args.model, quantize=args.quantize, dtype=args.dtype)
         server = BackgroundServer(create_app(lm, max_batch=args.max_batch,
                                        max_queue=max(64, args.clients * 2)))
         url, name = server.url, name or lm.name

@@ -14,7 +14,10 @@ python scripts/gsm8k_chat.py ../shared/data/gsm8k/train.jsonl runs/data/gsm8k_tr
 nextblock adapt --config scripts/adapt_default.json --resume --stop-at 600
 nextblock export --model runs/default --out runs/default_v1 --adapter --dtype float16
 # 4. more self-distillation, int8 for speed (appends to the same file: 245 answers kept of
-#    the first 420 questions)
+#    the first 420 questions). Those answers came from the fbgemm int8 linear layers of
+#    nextblock/quant.py, removed when the int8 engine replaced them (commit c1e707a): to
+#    regenerate exactly that file, run this step from commit b922648. From now on
+#    --quantize int8 means the engine, whose answers differ.
 python scripts/distill.py --questions ../shared/data/gsm8k/train.jsonl \
     --out runs/distill/gsm8k_train.jsonl --limit 420 --batch 32 --model default-base \
     --quantize int8

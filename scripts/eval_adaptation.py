@@ -60,9 +60,11 @@ def main(argv=None):
                    "0.0 (draft the whole block in one step); reports accepted drafts")
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--dtype", default="float32", choices=["float32", "auto", "int8"],
+                   help="float32 (the README's runs) or the int8 engine")
     args = p.parse_args(argv)
 
-    lm = nextblock.load(args.model)
+    lm = nextblock.load(args.model, dtype=args.dtype)
     records = [json.loads(line) for line in open(args.questions)][:args.n]
     acc, n_masked = masked_accuracy(lm, records, args.block_size, args.n)
     print(f"masked-token accuracy at b={args.block_size}: {acc:.3f} ({n_masked} masked tokens, "

@@ -11,6 +11,8 @@
 # Then the speed of one request: the first SPEED_N (10) GSM8K problems at batch 1 in each mode
 # of the adapted default, one run after another (0 skips it). Timings need an idle machine.
 # Tables: OUT/base/TASK-summary.md, OUT/default/TASK-summary.md, OUT/speed/gsm8k-summary.md.
+# DTYPE=float32 (the reported runs; DTYPE=auto: the int8 engine, the CPU default since it
+# landed).
 set -euo pipefail
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/eval}
@@ -18,6 +20,7 @@ BS=${BS:-16}
 N=${N:-100}
 TASKS=${TASKS:-humaneval gsm8k mbpp}
 SPEED_N=${SPEED_N:-10}
+DTYPE=${DTYPE:-float32}
 
 for task in $TASKS; do
   case $task in
@@ -26,7 +29,7 @@ for task in $TASKS; do
     mbpp) args=(--task mbpp --data "$DATA/mbpp/mbpp.jsonl" --limit "$N") ;;
     *) echo "unknown task $task" >&2; exit 2 ;;
   esac
-  ev() { nextblock eval "${args[@]}" --batch-size "$BS" --resume "$@"; }
+  ev() { nextblock eval "${args[@]}" --dtype "$DTYPE" --batch-size "$BS" --resume "$@"; }
   ev --model default-base --mode ar --out "$OUT/base"
   ev --model default --mode ar --out "$OUT/default"
   ev --model default --mode block --block-size 4 --threshold 0.9 --out "$OUT/default"
@@ -37,7 +40,7 @@ if [ "$SPEED_N" -gt 0 ]; then
   for mode in "ar" "block --block-size 4 --threshold 0.9" "verified --block-size 4 --threshold 0.0"; do
     # shellcheck disable=SC2086  # $mode is the mode and its settings
     nextblock eval --task gsm8k --data "$DATA/gsm8k/test.jsonl" --limit "$SPEED_N" \
-      --batch-size 1 --resume --model default --mode $mode --out "$OUT/speed"
+      --batch-size 1 --resume --dtype "$DTYPE" --model default --mode $mode --out "$OUT/speed"
   done
 fi
 
