@@ -143,6 +143,9 @@ class BlockConfig:
     decoding: dict = field(default_factory=dict)  # recommended DecodeSettings fields
     base_model: str | None = None
     rope_scaling: dict | None = None  # RoPE parameters a long-context stage trained with
+    # how committed blocks are stored: "context_causal" (causally, the system's choice) or
+    # "block_causal" (each block bidirectional, for a model trained with that mask)
+    attention: str = "context_causal"
     version: int = 1
 
     def recommended(self) -> DecodeSettings:
@@ -172,6 +175,8 @@ class BlockConfig:
             raise ConfigError(f"{source}: block_size must be an integer >= 1")
         if cfg.shift != 1:
             raise ConfigError(f"{source}: shift={cfg.shift!r} is not supported (only 1)")
+        if cfg.attention not in ("context_causal", "block_causal"):
+            raise ConfigError(f"{source}: attention must be 'context_causal' or 'block_causal'")
         if cfg.rope_scaling is not None and not isinstance(cfg.rope_scaling, dict):
             raise ConfigError(f"{source}: rope_scaling must be an object of RoPE parameters")
         if not isinstance(cfg.decoding, dict):

@@ -69,6 +69,10 @@ class NextBlockModel:
     name: str = "model"
     quantization: str | None = None  # "int8" when the int8 engine runs its forwards
 
+    def __post_init__(self):
+        # how the decoding rows store a committed block (nextblock.decoding.rows)
+        self.model.nextblock_attention = self.config.attention
+
     @property
     def context_length(self) -> int:
         return context_limit(self.model.config)

@@ -18,6 +18,13 @@ cached keys [0, start) and the chunk itself:
     fused    (causal=True, noisy_from=b): the first b queries commit a block (causal), the
              rest are the next block's denoise step (cache + committed block + own block)
 
+Block-causal training (`block_causal=True`, the SDAR / Fast-dLLM v2 choice, kept for the
+paper's ablation): a clean token also sees the rest of its own block, so the clean half is
+bidirectional inside each block of the grid (blocks before the grid start, the prompt, stay
+causal, so both variants prefill a prompt the same way). Its next-token targets leak, so it
+trains without the AR loss, and decoding stores each committed block with the block
+bidirectional (`commit_len`).
+
 Packed documents (training): tokens of different documents never attend each other, and
 each document has its own positions and block grid.
 
@@ -45,12 +52,14 @@ def document_positions(docs: torch.Tensor) -> torch.Tensor:
 
 
 def training_mask_mod(seq_len: int, block_size: int, lengths: torch.Tensor | None = None,
-                      offsets: torch.Tensor | None = None, docs: torch.Tensor | None = None):
+                      offsets: torch.Tensor | None = None, docs: torch.Tensor | None = None,
+                      block_causal: bool = False):
     """Rule for the [noisy | clean] training layout; `lengths[b]` real tokens per half
     (right padding), None when every row is full; `offsets[b]` where row b's block grid
     starts (SFT: the response start, so blocks line up with inference), default 0;
     `docs[b, i]` the document of token i in a packed row: no pair of tokens from different
-    documents may attend, and each document's block grid starts at its first token."""
+    documents may attend, and each document's block grid starts at its first token.
+    `block_causal`: a clean token of block k >= 0 also sees the rest of block k."""
     L, bs = seq_len, block_size
     if docs is None and offsets is None:  # one grid from position 0, the same for every row
         def block_of(b, p):
@@ -70,10 +79,11 @@ def training_mask_mod(seq_len: int, block_size: int, lengths: torch.Tensor | Non
         q_noisy, kv_noisy = q < L, kv < L
         qp, kp = q % L, kv % L  # position inside its half
         qb, kb = block_of(b, qp), block_of(b, kp)
+        clean = (kp <= qp) | ((qb == kb) & (qb >= 0)) if block_causal else (kp <= qp)
         allowed = (
             (q_noisy & kv_noisy & (qb == kb))
             | (q_noisy & ~kv_noisy & (kb < qb))
-            | (~q_noisy & ~kv_noisy & (kp <= qp))
+            | (~q_noisy & ~kv_noisy & clean)
         )
         if docs is not None:
             allowed = allowed & (docs[b, qp] == docs[b, kp])
@@ -86,16 +96,20 @@ def training_mask_mod(seq_len: int, block_size: int, lengths: torch.Tensor | Non
 
 
 def decode_mask_mod(start: int, causal: bool, key_valid: torch.Tensor | None = None,
-                    noisy_from: int | None = None):
+                    noisy_from: int | None = None, commit_len: int = 0):
     """Rule for a chunk of queries at absolute positions start, start+1, ... over keys
     [0, start + T): the cache plus the chunk. `key_valid[b, kv]` False marks padding (and the
     holes verified decoding leaves). Queries from chunk index `noisy_from` on (0 when not
-    causal) form a noisy block: they also see every later position of the chunk."""
+    causal) form a noisy block: they also see every later position of the chunk.
+    `commit_len` c: the first c queries, a block being stored by a block-causal model, see
+    each other (the block bidirectional)."""
     noisy = 0 if not causal else noisy_from
 
     def mask_mod(b, h, q, kv):
         qa = q + start
         allowed = kv <= qa
+        if commit_len:
+            allowed = allowed | ((q < commit_len) & (kv < start + commit_len))
         if noisy is not None:
             allowed = allowed | ((q >= noisy) & (kv >= start + noisy))
         if key_valid is not None:
@@ -138,13 +152,14 @@ class Chunked:
 def training_chunks(seq_len: int, block_size: int, lengths: torch.Tensor | None = None,
                     offsets: torch.Tensor | None = None, docs: torch.Tensor | None = None,
                     batch: int = 1, device=None, chunk: int = 512,
-                    clean_only: bool = False) -> Chunked:
+                    clean_only: bool = False, block_causal: bool = False) -> Chunked:
     """The training rule as a Chunked mask. A noisy query chunk [a, e) needs the noisy keys
     of the blocks it touches ([a - bs + 1, e + bs - 1)) and the clean keys from its earliest
-    document start to e; a clean chunk, the clean keys from its document start to e.
+    document start to e; a clean chunk, the clean keys from its document start to e (to the
+    end of the block holding e - 1 when `block_causal`).
     `clean_only`: the layout is the clean half alone (block size 1: no noisy copy)."""
     L, bs = seq_len, block_size
-    mod = training_mask_mod(L, bs, lengths, offsets, docs)
+    mod = training_mask_mod(L, bs, lengths, offsets, docs, block_causal)
     for t in (lengths, offsets, docs):
         if t is not None:
             batch, device = t.shape[0], t.device
@@ -156,7 +171,7 @@ def training_chunks(seq_len: int, block_size: int, lengths: torch.Tensor | None 
     for a in range(0, L, chunk):
         e = min(L, a + chunk)
         lo = 0 if first is None else int(first[:, a].min())
-        clean = torch.arange(lo, e, device=device)
+        clean = torch.arange(lo, min(L, e + bs - 1) if block_causal else e, device=device)
         if not clean_only:
             noisy = torch.arange(max(0, a - bs + 1), min(L, e + bs - 1), device=device)
             out.append((a, e, torch.cat([noisy, L + clean])))
@@ -178,18 +193,18 @@ def block_sparse(mask_mod, batch: int, q_len: int, kv_len: int, device=None, blo
 
 def training_mask(seq_len: int, block_size: int, lengths: torch.Tensor | None = None,
                   batch: int = 1, device=None, offsets: torch.Tensor | None = None,
-                  docs: torch.Tensor | None = None) -> torch.Tensor:
+                  docs: torch.Tensor | None = None, block_causal: bool = False) -> torch.Tensor:
     """Dense [batch, 1, 2L, 2L] training mask."""
     for t in (lengths, offsets, docs):
         if t is not None:
             batch = t.shape[0]
-    mod = training_mask_mod(seq_len, block_size, lengths, offsets, docs)
+    mod = training_mask_mod(seq_len, block_size, lengths, offsets, docs, block_causal)
     return dense(mod, batch, 2 * seq_len, 2 * seq_len, device)
 
 
 def decode_mask(key_valid: torch.Tensor, start: int, length: int, causal: bool,
-                noisy_from: int | None = None) -> torch.Tensor:
+                noisy_from: int | None = None, commit_len: int = 0) -> torch.Tensor:
     """Dense [batch, 1, length, start + length] mask for one prefill / denoise / commit chunk
-    (or a fused commit + denoise chunk, with `noisy_from`)."""
-    mod = decode_mask_mod(start, causal, key_valid, noisy_from)
+    (or a fused commit + denoise chunk, with `noisy_from`; `commit_len`: block-causal commit)."""
+    mod = decode_mask_mod(start, causal, key_valid, noisy_from, commit_len)
     return dense(mod, key_valid.shape[0], length, start + length, key_valid.device)

@@ -76,6 +76,30 @@ def test_truncate_and_keep_rows():
         raise AssertionError("truncating beyond the stored length must fail")
 
 
+def test_rows_leave_and_join_in_place():
+    """Continuous batching: a row's slot is refilled by a later row and a joining row takes
+    a spare slot, without reallocating the buffers; stored contents follow their rows."""
+    cache = KVCache(n_layers=2, batch=4, n_kv_heads=1, head_dim=2, max_len=8)
+    k = torch.randn(4, 1, 6, 2)
+    for layer in range(2):
+        cache.write(layer, k, -k)
+    cache.commit(6)
+    ptr = cache.k.data_ptr()
+    cache.keep_rows(torch.tensor([0, 3, 2]))  # row 1 left, row 3 took its place
+    for layer in range(2):
+        got_k, got_v = cache.stored(layer)
+        assert torch.equal(got_k, k[[0, 3, 2]]) and torch.equal(got_v, -k[[0, 3, 2]])
+    cache.add_rows(1)
+    assert cache.k.shape[1] == 4 and cache.k.data_ptr() == ptr  # the spare slot, no copy
+    assert cache.k[0].is_contiguous()  # each layer is one block (the engine's layout)
+    cache.k[:, 3, :, :6] = 7.0
+    assert torch.equal(cache.stored(1)[0][:3], k[[0, 3, 2]])
+    cache.add_rows(3)  # beyond the spare rows: new buffers, the stored part carried over
+    assert cache.k.shape[1] == 7 and torch.equal(cache.stored(0)[0][:3], k[[0, 3, 2]])
+    cache.keep_rows(torch.tensor([2, 0]), drop_front=2)  # leading columns dropped as well
+    assert cache.length == 4 and torch.equal(cache.stored(0)[0], k[[2, 0], :, 2:])
+
+
 def test_memory_per_token_is_what_the_architecture_needs():
     """Per position, the cache costs what transformers' own KV cache costs for the same
     model (keys and values of the KV heads only, under GQA), and its buffers hold

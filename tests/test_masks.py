@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from nextblock import masks
 
 
-def brute_training(L, b, n=None, off=0, docs=None):
+def brute_training(L, b, n=None, off=0, docs=None, block_causal=False):
     """Section 2 table, one (query, key) pair at a time. n: real tokens per half; off: where
     the block grid starts (blocks before it counted backwards from it); docs: the document
-    of each token (packed: no attention across documents, each with its own grid)."""
+    of each token (packed: no attention across documents, each with its own grid).
+    block_causal (SDAR / Fast-dLLM v2): a clean token of a block of the grid sees its whole
+    block and the earlier ones; before the grid (the prompt) the clean half stays causal."""
     n = L if n is None else n
     docs = docs or [0] * L
     start = [docs.index(d) for d in docs]
@@ -28,6 +30,8 @@ def brute_training(L, b, n=None, off=0, docs=None):
                 ok = blk(ki) < blk(qi)  # clean tokens of earlier blocks
             elif k_noisy:
                 ok = False  # clean never sees noisy
+            elif block_causal and blk(qi) >= 0:
+                ok = blk(ki) <= blk(qi)  # block-causal: own block whole, earlier blocks
             else:
                 ok = ki <= qi  # clean half is a plain causal LM
             ok = ok and docs[qi] == docs[ki]
@@ -39,7 +43,7 @@ def brute_training(L, b, n=None, off=0, docs=None):
     return m
 
 
-def brute_decode(valid, start, T, causal):
+def brute_decode(valid, start, T, causal, commit_len=0):
     B = len(valid)
     m = torch.zeros(B, 1, T, start + T, dtype=torch.bool)
     for r in range(B):
@@ -47,6 +51,8 @@ def brute_decode(valid, start, T, causal):
             qa = start + q
             for k in range(start + T):
                 ok = (k < start) or (k <= qa if causal else True)
+                if q < commit_len:  # a block-causal commit: the stored block sees itself
+                    ok = k < start + commit_len
                 ok = (ok and bool(valid[r][k])) or k == qa
                 m[r, 0, q, k] = ok
     return m
@@ -86,6 +92,42 @@ def test_decode_masks_match_definition(seed):
     for causal in (True, False):
         got = masks.decode_mask(valid, start, T, causal)
         assert torch.equal(got, brute_decode(valid.tolist(), start, T, causal))
+    c = rng.randint(1, T)
+    got = masks.decode_mask(valid, start, T, True, commit_len=c)
+    assert torch.equal(got, brute_decode(valid.tolist(), start, T, True, commit_len=c))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_block_causal_training_mask_matches_definition(seed):
+    rng = random.Random(400 + seed)
+    L, b = rng.randint(1, 17), rng.randint(1, 9)
+    lengths = torch.tensor([rng.randint(1, L) for _ in range(3)])
+    offsets = torch.tensor([rng.randint(0, L - 1) for _ in range(3)])
+    got = masks.training_mask(L, b, lengths, offsets=offsets, block_causal=True)
+    for r, (n, off) in enumerate(zip(lengths.tolist(), offsets.tolist())):
+        assert torch.equal(got[r, 0], brute_training(L, b, n, off, block_causal=True))
+    docs = random_docs(rng, L, 3)
+    got = masks.training_mask(L, b, lengths, docs=torch.tensor(docs), block_causal=True)
+    for r in range(3):
+        want = brute_training(L, b, lengths[r].item(), docs=docs[r], block_causal=True)
+        assert torch.equal(got[r, 0], want)
+    if b > 1 and L > b:  # it differs from the context-causal mask exactly in the clean half
+        plain = masks.training_mask(L, b)[0, 0]
+        bc = masks.training_mask(L, b, block_causal=True)[0, 0]
+        assert torch.equal(plain[:L], bc[:L]) and not torch.equal(plain[L:], bc[L:])
+
+
+def test_block_causal_commit_of_block_equals_training_clean_rows():
+    """A block-causal model stores block k as its training clean rows see it: the clean
+    prefix (cache) plus the whole block."""
+    L, b = 12, 4
+    train = masks.training_mask(L, b, block_causal=True)[0, 0]
+    for k in range(L // b):
+        start = k * b
+        rows = train[L + start:L + start + b, L:L + start + b]
+        commit = masks.decode_mask(torch.ones(1, start + b, dtype=torch.bool), start, b, True,
+                                   commit_len=b)
+        assert torch.equal(rows, commit[0, 0])
 
 
 def test_denoise_mask_of_block_equals_training_noisy_rows():
@@ -163,11 +205,12 @@ def test_chunked_training_mask_is_the_dense_mask(seed):
         kw["docs"] = torch.tensor(random_docs(rng, L, B))
     else:
         kw["offsets"] = torch.tensor([rng.randint(0, L - 1) for _ in range(B)])
-    dense = masks.training_mask(L, b, **kw)
-    chunked = masks.training_chunks(L, b, chunk=chunk, **kw)
-    assert torch.equal(assemble(chunked, 2 * L, 2 * L), dense)
-    clean = masks.training_chunks(L, b, chunk=chunk, clean_only=True, **kw)
-    assert torch.equal(assemble(clean, L, L), dense[:, :, L:, L:])
+    for bc in (False, True):
+        dense = masks.training_mask(L, b, block_causal=bc, **kw)
+        chunked = masks.training_chunks(L, b, chunk=chunk, block_causal=bc, **kw)
+        assert torch.equal(assemble(chunked, 2 * L, 2 * L), dense)
+        clean = masks.training_chunks(L, b, chunk=chunk, clean_only=True, block_causal=bc, **kw)
+        assert torch.equal(assemble(clean, L, L), dense[:, :, L:, L:])
 
 
 def test_chunked_mask_keys_grow_linearly():

@@ -262,7 +262,8 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
         if verified:  # the commit pass verifies the draft; rejected columns become holes
             nxt = {min(B, budget[r] - d - b) for r, d in zip(alive, done)}
             b2 = nxt.pop() if len(nxt) == 1 and ragged is None else 0
-            logits, ahead = _commit(rows, block, guess if fuse else None, b2, mask_token_id, 0)
+            logits, ahead = _commit(rows, block, guess if fuse else None, b2, mask_token_id, 0,
+                                    causal=True)
             kept, anchor = _verify(sampler, rows, block, logits, history)
             rows.reject(kept, b)
             kept_list = kept.tolist()
@@ -314,18 +315,22 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
                    {r: [(len(out[r]), int(anchor[i]))] for i, r in enumerate(alive)})
 
 
-def _commit(rows: Rows, block, guess, b2: int, mask_token_id: int, logits_from: int):
-    """Store `block` causally; return its logits from `logits_from` on. With a guess of the
-    next anchor, the same forward runs the next block's first denoise step, whose logits
-    come back as the second value."""
+def _commit(rows: Rows, block, guess, b2: int, mask_token_id: int, logits_from: int,
+            causal: bool = False):
+    """Store `block` (causally, or, for a block-causal model unless `causal`, the block
+    bidirectional); return its logits from `logits_from` on. With a guess of the next anchor,
+    the same forward runs the next block's first denoise step, whose logits come back as the
+    second value. Verified mode stores causally: its check is the AR model's."""
     b = block.shape[1]
+    c = 0 if causal else b
     if guess is None or b2 < 2:
-        return rows.forward(block, rows.mask(b, True), store=b, logits_from=logits_from), None
+        return (rows.forward(block, rows.mask(b, True, commit=c), store=b,
+                             logits_from=logits_from), None)
     nxt = torch.full((block.shape[0], b2), mask_token_id, dtype=block.dtype,
                      device=block.device)
     nxt[:, 0] = guess
     chunk = torch.cat([block, nxt], dim=1)
-    logits = rows.forward(chunk, rows.mask(b + b2, True, noisy_from=b), store=b,
+    logits = rows.forward(chunk, rows.mask(b + b2, True, noisy_from=b, commit=c), store=b,
                           logits_from=logits_from)
     return logits[:, :b - logits_from], logits[:, b - logits_from:]
 
@@ -386,12 +391,18 @@ def _emit(alive, blocks, done, out, budget, stop_token_ids, stop_fn):
 
 def _drop(finished, alive, rows: Rows, sampler: Sampler):
     """Remove finished rows; None when no row is left, False when none finished, else the
-    index tensor of the rows kept (for the caller's own per-row tensors)."""
+    index tensor of the rows kept (for the caller's own per-row tensors). A finished row's
+    place goes to one of the last rows, so only rows that move are copied in the cache."""
     if not finished:
         return False
-    keep = [i for i, r in enumerate(alive) if r not in finished]
-    if not keep:
+    gone = {i for i, r in enumerate(alive) if r in finished}
+    n = len(alive) - len(gone)
+    if not n:
         return None
+    keep = list(range(n))
+    movers = [i for i in range(n, len(alive)) if i not in gone]
+    for hole, m in zip(sorted(gone & set(range(n))), movers):
+        keep[hole] = m
     idx = torch.tensor(keep, device=rows.seq.device)
     rows.keep_rows(idx)
     sampler.keep_rows(keep)

@@ -38,11 +38,15 @@ class Rows:
         self.pos = torch.tensor([len(p) - P for p in prompts], device=dev)  # pads: < 0
         self.cols, self.prompt_cols = 0, P
         self.steps = torch.arange(capacity, device=dev)
+        # a block-causal model stores each committed block bidirectionally (masks)
+        self.block_causal = getattr(model, "nextblock_attention", None) == "block_causal"
 
     def mask(self, T: int, causal: bool, noisy_from: int | None = None,
-             lengths: torch.Tensor | None = None) -> torch.Tensor:
+             lengths: torch.Tensor | None = None, commit: int = 0) -> torch.Tensor:
         """Mask for a chunk of T columns after the stored ones (built once per chunk shape).
-        `lengths[r]` < T: row r's block is shorter (its last one); the rest is not its key."""
+        `lengths[r]` < T: row r's block is shorter (its last one); the rest is not its key.
+        `commit`: the chunk's first columns are a block being stored (bidirectional for a
+        block-causal model)."""
         if self.cols + T > self.cache.max_len:
             self._grow(self.cols + T)
         if self.cols >= self.prompt_cols:  # generated columns are real keys (the prompt
@@ -50,7 +54,7 @@ class Rows:
             chunk = self.valid[:, self.cols:self.cols + T]
             chunk[:] = True if lengths is None else self.steps[None, :T] < lengths[:, None]
         return masks.decode_mask(self.valid[:, :self.cols + T], self.cols, T, causal,
-                                 noisy_from)
+                                 noisy_from, commit if self.block_causal else 0)
 
     def forward(self, tokens, mask, store: int = 0, logits_from: int = 0) -> torch.Tensor:
         """Run tokens [n, T] after the stored columns; keep the first `store` of them."""
@@ -110,17 +114,23 @@ class Rows:
         return logits
 
     def keep_rows(self, idx: torch.Tensor) -> None:
-        """Keep rows idx. Leading columns that none of them attends to (the left padding a
-        departed row's longer history forced on the others) are dropped as well: under
-        continuous batching the batch never empties, and without this every forward would
-        attend over the history of every row that ever joined."""
+        """Keep rows idx (row i becomes row idx[i]). Leading columns that none of them
+        attends to (the left padding a departed row's longer history forced on the others)
+        are dropped once they are half the stored columns: under continuous batching the
+        batch never empties, and without this every forward would attend over the history
+        of every row that ever joined; dropping them costs a copy of the whole cache, so it
+        waits until it pays (the columns are masked keys meanwhile)."""
         valid = self.valid[idx, :self.cols]
         d = int(valid.any(0).int().argmax()) if self.cols else 0
-        self.cache.keep_rows(idx, d)
-        self.seq, self.valid, self.pos = self.seq[idx, d:], self.valid[idx, d:], self.pos[idx]
+        d = d if 2 * d >= self.cols else 0
+        self.cache.keep_rows(idx, d)  # keeps its slots: the columns move, the width stays
+        seq, valid = self.seq[idx], self.valid[idx]
+        if d:
+            seq = torch.cat([seq[:, d:], seq.new_full((len(idx), d), self.mask_token_id)], 1)
+            valid = torch.cat([valid[:, d:], valid.new_zeros((len(idx), d))], 1)
+        self.seq, self.valid, self.pos = seq, valid, self.pos[idx]
         self.cols -= d
         self.prompt_cols = max(0, self.prompt_cols - d)
-        self.steps = self.steps[:self.seq.shape[1]]
 
     def merge(self, other: "Rows") -> None:
         """Append another batch's rows (just prefilled), right-aligning the stored columns:
@@ -132,12 +142,10 @@ class Rows:
         if need > self.cache.max_len:
             self._grow(need)
         cap = self.cache.max_len
-        n2 = other.seq.shape[0]
-        for name in ("k", "v"):
-            mine, theirs = getattr(self.cache, name), getattr(other.cache, name)
-            extra = mine.new_zeros(mine.shape[:1] + (n2,) + mine.shape[2:])
-            extra[:, :, :, off:off + oc] = theirs[:, :, :, :oc]
-            setattr(self.cache, name, torch.cat([mine, extra], dim=1))
+        n, n2 = self.seq.shape[0], other.seq.shape[0]
+        self.cache.add_rows(n2)  # a spare slot each: the stored rows are not copied
+        for mine, theirs in ((self.cache.k, other.cache.k), (self.cache.v, other.cache.v)):
+            mine[:, n:, :, off:off + oc] = theirs[:, :, :, :oc]
         seq = self.seq.new_full((n2, cap), self.mask_token_id)
         seq[:, off:off + oc] = other.seq[:, :oc]
         valid = self.valid.new_zeros((n2, cap))

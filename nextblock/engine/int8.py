@@ -17,7 +17,7 @@ int8 rounding (measured by bench/int8_fidelity.py; checked in tests/test_default
 from __future__ import annotations
 
 import ctypes
-from ctypes import POINTER, Structure, byref, c_float, c_int, c_void_p
+from ctypes import POINTER, Structure, byref, c_float, c_int, c_long, c_void_p
 
 import torch
 
@@ -155,8 +155,9 @@ class Int8Engine:
         K = cache.length + T
         if K > cache.max_len:
             raise RuntimeError(f"KV cache overflow: {K} > {cache.max_len} slots")
-        if not (cache.k.is_contiguous() and cache.k.dtype == torch.float32):
-            raise RuntimeError("the int8 engine needs a contiguous float32 KV cache")
+        k = cache.k
+        if not (k.dtype == torch.float32 and k[0].is_contiguous() and k.stride() == cache.v.stride()):
+            raise RuntimeError("the int8 engine needs a float32 KV cache, each layer contiguous")
         mask = (torch.ones(B, T, K, dtype=torch.bool) if mask is None
                 else mask.expand(B, 1, T, K).reshape(B, T, K).contiguous())
         h = self.embed[input_ids.reshape(-1)]
@@ -165,7 +166,8 @@ class Int8Engine:
         scratch = self._scratch_for(B * T, K, threads)
         self.lib.nb_layers(byref(self.m), as_ptr(h), c_int(B), c_int(T), as_ptr(cos), as_ptr(sin),
                            as_ptr(mask), c_int(K), as_ptr(cache.k), as_ptr(cache.v),
-                           c_int(cache.length), c_int(cache.max_len), as_ptr(scratch),
+                           c_int(cache.length), c_int(cache.max_len), c_long(k.stride(0)),
+                           as_ptr(scratch),
                            c_int(threads))
         rows = h.view(B, T, -1)[:, logits_from:].contiguous()
         M, d = rows.shape[0] * rows.shape[1], rows.shape[2]

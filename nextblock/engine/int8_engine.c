@@ -149,6 +149,9 @@ static void rope(float *x, const float *cos, const float *sin, int hd) {
  * sx[m, g] + bias[n], groups of 64 inputs, the groups summed in order. ------------------ */
 
 #if NB_VNNI
+#ifndef NB_PF
+#define NB_PF 160  /* weight lines prefetched ahead (hardware prefetch stops at pages) */
+#endif
 /* MR rows x 32 channels; P independent int32 sums per output (latency hiding for few rows;
  * integer addition is exact, so the split changes no bit). */
 #define NB_TILE(MR, P)                                                                     \
@@ -166,6 +169,8 @@ static void rope(float *x, const float *cos, const float *sin, int hd) {
             const uint8_t *xg = x + gi * NB_GROUP;                                         \
             for (int g = 0; g < 16; g += P)                                                \
                 for (int p = 0; p < P; p++) {                                              \
+                    _mm_prefetch((const char *)(w0 + (g + p + NB_PF) * 64), _MM_HINT_T0);  \
+                    _mm_prefetch((const char *)(w1 + (g + p + NB_PF) * 64), _MM_HINT_T0);  \
                     __m512i v0 = _mm512_loadu_si512(w0 + (g + p) * 64);                    \
                     __m512i v1 = _mm512_loadu_si512(w1 + (g + p) * 64);                    \
                     for (int r = 0; r < MR; r++) {                                         \
@@ -273,38 +278,133 @@ void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float
     qgemm(L, q, sx, M, y, L->n);
 }
 
-/* ---- attention: per (row, head, query), keys in order, masked keys skipped -------------- */
+/* ---- attention: per (row, head, query), 16 keys a step ----------------------------------
+ * Softmax over the keys a query may see, in three passes: scores (and their max), exp, then
+ * the weighted sum of values and the sum of weights, both over the visible keys in order.
+ * Row independence: a key's score and weight are computed the same way whatever column or
+ * lane it sits in, the max does not depend on order, and both sums run over the visible keys
+ * in order, so neither the pass length nor masked columns between keys (padding, the holes
+ * verified decoding leaves in a batch) change a bit: a T-token pass gives the bits of T
+ * one-token passes, and a row with holes those of the same keys without them. */
+
+static void attend_scalar(const float *q, const float *kb, const float *vb, const uint8_t *mk,
+                          int K, int hd, float scale, float *s, float *o) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < K; j++)
+        if (mk[j]) {
+            s[j] = dot16(q, kb + (size_t)j * hd, hd) * scale;
+            mx = fmaxf(mx, s[j]);
+        }
+    for (int i = 0; i < hd; i++) o[i] = 0.0f;
+    if (mx == -INFINITY) return;  /* a row that sees nothing (padding) */
+    for (int j = 0; j < K; j++)
+        if (mk[j]) {
+            float p = expf(s[j] - mx);
+            sum += p;
+            const float *v = vb + (size_t)j * hd;
+            for (int i = 0; i < hd; i++) o[i] += p * v[i];
+        }
+    for (int i = 0; i < hd; i++) o[i] /= sum;
+}
+
+#if NB_VNNI
+/* a[l] holds 16 partial sums of key l's score; returns lane l = the sum of a[l] (a fixed
+ * tree of unpacks and 128-bit shuffles, the same for every key). */
+static inline __m512 sum16x16(__m512 *a) {
+    __m512 b[8], c[4];
+    for (int k = 0; k < 8; k++)
+        b[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]),
+                             _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
+    for (int k = 0; k < 4; k++) {
+        __m512d x = _mm512_castps_pd(b[2 * k]), y = _mm512_castps_pd(b[2 * k + 1]);
+        c[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    __m512 e = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88),
+                             _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+    __m512 f = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88),
+                             _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e, f, 0x88), _mm512_shuffle_f32x4(e, f, 0xDD));
+}
+
+static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
+    __mmask16 in = K - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (K - j0)) - 1);
+    __m128i m = _mm_maskz_loadu_epi8(in, mk + j0);
+    return _mm_mask_cmpneq_epi8_mask(in, m, _mm_setzero_si128());
+}
+
+/* NV = hd / 16 vectors per key: the query and the output stay in registers. */
+#define ATTEND(NV)                                                                           \
+    static void attend##NV(const float *q, const float *kb, const float *vb,                 \
+                           const uint8_t *mk, int K, float scale, float *s, float *o) {      \
+        const int hd = 16 * NV;                                                               \
+        __m512 qv[NV], acc[16], mxv = _mm512_set1_ps(-INFINITY);                              \
+        for (int i = 0; i < NV; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);                    \
+        for (int j0 = 0; j0 < K; j0 += 16) {                                                  \
+            __mmask16 m = key_mask(mk, j0, K);                                                \
+            if (!m) continue;                                                                 \
+            for (int l = 0; l < 16; l++) {                                                    \
+                acc[l] = _mm512_setzero_ps();                                                 \
+                if (m >> l & 1) {                                                             \
+                    const float *k = kb + (size_t)(j0 + l) * hd;                              \
+                    for (int i = 0; i < NV; i++)                                              \
+                        acc[l] = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), acc[l]); \
+                }                                                                             \
+            }                                                                                 \
+            __m512 sc = _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale));                  \
+            _mm512_storeu_ps(s + j0, sc);                                                     \
+            mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);                                        \
+        }                                                                                     \
+        float mx = _mm512_reduce_max_ps(mxv);                                                 \
+        __m512 ov[NV];                                                                        \
+        float sum = 0.0f;                                                                     \
+        for (int i = 0; i < NV; i++) ov[i] = _mm512_setzero_ps();                            \
+        if (mx == -INFINITY) {                                                                \
+            for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, ov[i]);                \
+            return;                                                                           \
+        }                                                                                     \
+        for (int j0 = 0; j0 < K; j0 += 16) {                                                  \
+            __mmask16 m = key_mask(mk, j0, K);                                                \
+            if (!m) continue;                                                                 \
+            __m512 p = _mm512_maskz_mov_ps(                                                   \
+                m, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j0), _mm512_set1_ps(mx))));       \
+            _mm512_storeu_ps(s + j0, p);                                                      \
+            for (int l = 0; l < 16; l++)                                                      \
+                if (m >> l & 1) {                                                             \
+                    sum += s[j0 + l];                                                         \
+                    __m512 pl = _mm512_set1_ps(s[j0 + l]);                                    \
+                    const float *v = vb + (size_t)(j0 + l) * hd;                              \
+                    for (int i = 0; i < NV; i++)                                              \
+                        ov[i] = _mm512_fmadd_ps(pl, _mm512_loadu_ps(v + 16 * i), ov[i]);      \
+                }                                                                             \
+        }                                                                                     \
+        __m512 inv = _mm512_set1_ps(1.0f / sum);                                              \
+        for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, _mm512_mul_ps(ov[i], inv)); \
+    }
+ATTEND(4)
+ATTEND(8)
+#endif
 
 static void attention(const Model *m, const float *qkv, int B, int T, const uint8_t *mask,
                       int K, const float *kc, const float *vc, int maxlen, float *out,
                       float *scores) {
     int H = m->n_heads, G = m->n_heads / m->n_kv, hd = m->hd, ld = m->layers[0].qkv.n;
+    int Kp = (K + 15) / 16 * 16;  /* per-thread score rows, padded to whole vectors */
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            float *s = scores + (size_t)omp_get_thread_num() * K;
+            float *s = scores + (size_t)omp_get_thread_num() * Kp;
             const float *kb = kc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
             const float *vb = vc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
             for (int t = 0; t < T; t++) {
                 const float *q = qkv + (size_t)(b * T + t) * ld + m->layers[0].q_off + h * hd;
                 const uint8_t *mk = mask + (size_t)(b * T + t) * K;
                 float *o = out + (size_t)(b * T + t) * H * hd + h * hd;
-                float mx = -INFINITY, sum = 0.0f;
-                for (int j = 0; j < K; j++)
-                    if (mk[j]) {
-                        s[j] = dot16(q, kb + (size_t)j * hd, hd) * m->attn_scale;
-                        mx = fmaxf(mx, s[j]);
-                    }
-                for (int i = 0; i < hd; i++) o[i] = 0.0f;
-                if (mx == -INFINITY) continue;  /* a row that sees nothing (padding) */
-                for (int j = 0; j < K; j++)
-                    if (mk[j]) {
-                        float p = expf(s[j] - mx);
-                        sum += p;
-                        const float *v = vb + (size_t)j * hd;
-                        for (int i = 0; i < hd; i++) o[i] += p * v[i];
-                    }
-                for (int i = 0; i < hd; i++) o[i] /= sum;
+#if NB_VNNI
+                if (hd == 64) { attend4(q, kb, vb, mk, K, m->attn_scale, s, o); continue; }
+                if (hd == 128) { attend8(q, kb, vb, mk, K, m->attn_scale, s, o); continue; }
+#endif
+                attend_scalar(q, kb, vb, mk, K, hd, m->attn_scale, s, o);
             }
         }
 }
@@ -324,10 +424,10 @@ typedef struct {
 
 static void layer_forward(const Model *m, int li, float *h, int B, int T, const float *cos,
                           const float *sin, const uint8_t *mask, int K, float *kc, float *vc,
-                          int cache_len, int maxlen, Scratch *s) {
+                          int cache_len, int maxlen, long layer_stride, Scratch *s) {
     const Layer *L = &m->layers[li];
     int M = B * T, d = m->d, hd = m->hd;
-    size_t lay = (size_t)li * B * m->n_kv * maxlen * hd;
+    size_t lay = (size_t)li * layer_stride;  /* the cache may hold spare rows per layer */
     for (int r = 0; r < M; r++) rmsnorm(h + (size_t)r * d, L->ln1, s->x + (size_t)r * d, d, m->eps);
     nb_linear(&L->qkv, s->x, M, d, s->q, s->sx, s->qkv);
     for (int r = 0; r < M; r++) {
@@ -371,9 +471,11 @@ static int max_k(const Model *m) {
 }
 
 /* h [B*T, d] in place through every layer; keys/values of the chunk written at
- * [cache_len, cache_len + T) of cache k/v [layers, B, n_kv, maxlen, hd]; mask [B, T, K]. */
+ * [cache_len, cache_len + T) of cache k/v [layers, B, n_kv, maxlen, hd] (layer_stride floats
+ * from one layer to the next: B rows or more); mask [B, T, K]. */
 void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const float *sin,
                const uint8_t *mask, int K, float *kc, float *vc, int cache_len, int maxlen,
+               long layer_stride,
                float *scratch, int threads) {
     int M = B * T, maxk = max_k(m);
     Scratch s;
@@ -383,18 +485,19 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
     s.att = p; p += (size_t)M * m->n_heads * m->hd;
     s.mlp = p; p += (size_t)M * m->layers[0].gate_up.n;
     s.sx = p; p += (size_t)M * (maxk / 64 + 1);
-    s.scores = p; p += (size_t)threads * K;
+    s.scores = p; p += (size_t)threads * ((K + 15) / 16 * 16);
     s.q = (uint8_t *)p;
     omp_set_num_threads(threads);
     for (int li = 0; li < m->n_layers; li++)
-        layer_forward(m, li, h, B, T, cos, sin, mask, K, kc, vc, cache_len, maxlen, &s);
+        layer_forward(m, li, h, B, T, cos, sin, mask, K, kc, vc, cache_len, maxlen,
+                      layer_stride, &s);
 }
 
 /* Scratch floats nb_layers needs (the caller owns the buffer: no allocation per forward). */
 long nb_scratch_floats(const Model *m, int M, int K, int threads) {
     int maxk = max_k(m);
     return (long)M * (maxk + m->layers[0].qkv.n + m->n_heads * m->hd + m->layers[0].gate_up.n
-                      + maxk / 64 + 1 + maxk / 4 + 1) + (long)threads * K + 64;
+                      + maxk / 64 + 1 + maxk / 4 + 1) + (long)threads * (K + 16) + 64;
 }
 
 /* Final norm of M rows into `normed`; then, unless logits is NULL, the LM head. */

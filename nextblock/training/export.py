@@ -62,7 +62,8 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
         mask_token_id=lm.config.mask_token_id, mask_token=lm.config.mask_token,
         block_size=state["block_size"], trained_block_sizes=sizes,
         decoding=decoding or {"mode": "block", "threshold": 0.9},
-        base_model=cfg.model or "default-base", rope_scaling=parse_rope_scaling(cfg.rope_scaling))
+        base_model=cfg.model or "default-base", rope_scaling=parse_rope_scaling(cfg.rope_scaling),
+        attention=cfg.training_mask)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if adapter:

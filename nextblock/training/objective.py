@@ -1,5 +1,6 @@
 """The training objective: one forward over [noisy copy | clean copy] with the
-context-causal training mask (nextblock.masks), then
+context-causal training mask (nextblock.masks; `training_mask="block_causal"` for the
+ablation), then
 
     L = L_MDM + lambda * L_AR        (lambda = 0.5 by default)
 
@@ -41,6 +42,9 @@ class ObjectiveSettings:
     # the LM head + cross-entropy run over this many loss positions at a time, recomputed in
     # the backward pass: the [positions, vocab] logits are never held whole (long sequences)
     loss_chunk: int = 1024
+    # "context_causal" (the system's mask) or "block_causal" (the clean half also sees the
+    # rest of its block: the SDAR / Fast-dLLM v2 ablation; needs ar_weight=0, see masks)
+    training_mask: str = "context_causal"
 
     def __post_init__(self):
         if self.attention not in ("auto", "dense", "chunked"):
@@ -55,6 +59,12 @@ class ObjectiveSettings:
                               "expected 'block' or 'sequence'")
         if not self.ar_weight >= 0:
             raise ConfigError(f"invalid ar_weight={self.ar_weight!r}: must be >= 0")
+        if self.training_mask not in ("context_causal", "block_causal"):
+            raise ConfigError(f"invalid training_mask={self.training_mask!r}: expected "
+                              "'context_causal' or 'block_causal'")
+        if self.training_mask == "block_causal" and self.ar_weight:
+            raise ConfigError("training_mask='block_causal' needs ar_weight=0: its clean half "
+                              "sees each block whole, so next-token targets would leak")
 
 
 @dataclass
@@ -173,12 +183,13 @@ class ObjectiveOutput:
 
 
 def forward_mask(batch: NoisyBatch, attention: str = "auto", chunk: int = 512,
-                 chunked_from: int = 2048):
+                 chunked_from: int = 2048, block_causal: bool = False):
     """The attention mask of the training forward: dense, or masks.Chunked for long rows.
     With block size 1 the layout is the clean half alone."""
     B, L = batch.clean.shape
     full = bool((batch.lengths == L).all())
-    kw = dict(lengths=None if full else batch.lengths, offsets=batch.offsets, docs=batch.docs)
+    kw = dict(lengths=None if full else batch.lengths, offsets=batch.offsets, docs=batch.docs,
+              block_causal=block_causal)
     clean_only = batch.block_size == 1
     if attention == "chunked" or (attention == "auto" and L >= chunked_from):
         return masks.training_chunks(L, batch.block_size, batch=B, device=batch.clean.device,
@@ -197,7 +208,8 @@ def training_hidden(model, batch: NoisyBatch, checkpoint: bool = False,
     """(noisy-half or None, clean-half) final hidden states [B, L, H], in one forward."""
     s = settings or ObjectiveSettings()
     L = batch.clean.shape[1]
-    mask = forward_mask(batch, s.attention, s.attention_chunk, s.chunked_from)
+    mask = forward_mask(batch, s.attention, s.attention_chunk, s.chunked_from,
+                        s.training_mask == "block_causal")
     pos = batch.positions
     if batch.block_size == 1:  # nothing is masked: only the clean, causal half matters
         return None, forward(model, batch.clean, pos, mask, checkpoint=checkpoint, hidden=True)

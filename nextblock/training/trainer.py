@@ -57,6 +57,7 @@ class AdaptConfig:
     block_stage_steps: int | None = None  # D; None: so that growth ends at block_growth_end
     block_growth_end: float = 0.6  # fraction of the run where the last block size starts
     ar_weight: float = 0.5
+    training_mask: str = "context_causal"  # or "block_causal" (ablation; ar_weight 0)
     mask_schedule: str = "block"
     inverse_t_weight: bool = False
     complementary: bool = False
@@ -93,6 +94,7 @@ class AdaptConfig:
             raise ConfigError(f"invalid attention_chunk={self.attention_chunk!r}: must be >= 1")
         if not self.lr > 0:
             raise ConfigError(f"invalid lr={self.lr!r}: must be > 0")
+        self.objective_settings()  # ar_weight, training_mask, ... checked where defined
         return self
 
     @classmethod
@@ -120,7 +122,8 @@ class AdaptConfig:
         return ObjectiveSettings(ar_weight=self.ar_weight, mask_schedule=self.mask_schedule,
                                  inverse_t_weight=self.inverse_t_weight,
                                  complementary=self.complementary, attention=self.attention,
-                                 attention_chunk=self.attention_chunk)
+                                 attention_chunk=self.attention_chunk,
+                                 training_mask=self.training_mask)
 
 
 class MaskEmbedding(torch.nn.Module):
@@ -345,6 +348,9 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
                 if json.loads(ln)["step"] <= start] if metrics_path.exists() else []
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    # real (unpadded) tokens of every step so far, for learning curves; a resumed run
+    # continues the count from its metrics
+    seen = json.loads(kept[-1]).get("tokens_seen", 0) if acc.is_main_process and kept else 0
     curriculum, settings = cfg.curriculum(), cfg.objective_settings()
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     records = []
@@ -386,10 +392,11 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
                 tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), "sum"))
             mdm = float(sums[0] / max(1, sums[1]))
             ar = float(sums[2] / max(1, sums[3]))
+            seen += tokens
             rec = {"step": step + 1, "block_size": b, "loss": mdm + cfg.ar_weight * ar,
                    "mdm_loss": mdm, "ar_loss": ar, "masked_acc": float(sums[4] / max(1, sums[1])),
                    "n_masked": int(sums[1]), "lr": sched.get_last_lr()[0],
-                   "tokens_per_s": tokens / (time.perf_counter() - t0)}
+                   "tokens_per_s": tokens / (time.perf_counter() - t0), "tokens_seen": seen}
             records.append(rec)
             if acc.is_main_process:
                 with open(metrics_path, "a") as f:

@@ -33,23 +33,28 @@ def test_ar_equals_transformers_generate(family):
         assert res.forwards == 24  # one prefill + one causal pass per further token
 
 
-def _hf_logits(model, tokens, ctx):
+def _hf_logits(model, tokens, ctx, grid=None):
     """Logits of HF's own forward over `tokens`, the first `ctx` causal and the rest one
-    bidirectional block, mask written from the design's definition (no nextblock code)."""
+    bidirectional block, mask written from the design's definition (no nextblock code).
+    grid=(P, B): a block-causal model, whose blocks of B tokens from position P on (the
+    committed response) each see themselves whole."""
     T = len(tokens)
     mask = torch.zeros(1, 1, T, T, dtype=torch.bool)
+    same = lambda q, k: grid is not None and min(q, k) >= grid[0] and (q - grid[0]) // grid[1] == (
+        k - grid[0]) // grid[1]
     for q in range(T):
         for k in range(T):
-            mask[0, 0, q, k] = k <= q if q < ctx else True
+            mask[0, 0, q, k] = (k <= q or same(q, k)) if q < ctx else True
     out = model(torch.tensor([tokens]), attention_mask=mask,
                 position_ids=torch.arange(T)[None], use_cache=False)
     return out.logits[0]
 
 
-def reference_decode(model, prompt, s, stop_ids=()):
+def reference_decode(model, prompt, s, stop_ids=(), block_causal=False):
     """Block decoding that recomputes the whole sequence from scratch at every step."""
     policy, sampler = policy_for(s), Sampler(s, MASK, [s.seed])
     B, gen = s.effective_block_size, []
+    grid = (len(prompt), B) if block_causal else None
     pick = lambda logits: sampler.choose(sampler.probs(logits[None, None], None))[0, 0].item()
     anchor = pick(_hf_logits(model, prompt, len(prompt))[-1])
     forwards = 1
@@ -64,7 +69,8 @@ def reference_decode(model, prompt, s, stop_ids=()):
                 need[0, stops[0]:] = False
             if not need.any():
                 break
-            logits = _hf_logits(model, prompt + gen + block[0].tolist(), ctx)[ctx:ctx + b - 1]
+            logits = _hf_logits(model, prompt + gen + block[0].tolist(), ctx,
+                                grid)[ctx:ctx + b - 1]
             probs = sampler.probs(logits[None], None)
             tokens = sampler.choose(probs)
             conf = confidence(probs, tokens, s.confidence)
@@ -77,7 +83,7 @@ def reference_decode(model, prompt, s, stop_ids=()):
         gen += toks[:stops[0] + 1] if stops else toks
         if stops or len(gen) >= s.max_new_tokens:
             return gen, forwards
-        anchor = pick(_hf_logits(model, prompt + gen, len(prompt + gen))[-1])
+        anchor = pick(_hf_logits(model, prompt + gen, len(prompt + gen), grid)[-1])
         forwards += 1
 
 
@@ -104,6 +110,22 @@ def test_cached_block_decoding_equals_full_recomputation(kw, fused):
         assert res.tokens[0] == ref
         assert len(ref) == 19 and res.forwards + res.fused == ref_forwards
         assert res.fused == 0 or fused
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("kw", GRID[:3])
+def test_block_causal_model_stores_blocks_bidirectionally(kw, fused):
+    """A model trained with the block-causal mask (masks) decodes as if each committed block
+    were re-read whole; the reference recomputes everything with that mask."""
+    model = tiny_model("llama", seed=3)
+    model.nextblock_attention = "block_causal"
+    s = settings(mode="block", max_new_tokens=19, fused_commit=fused, **kw)
+    prompts = random_prompts([5, 11, 8], seed=2)
+    got = [run(model, [p], s, mask_token_id=MASK).tokens[0] for p in prompts]
+    for p, g in zip(prompts, got):
+        assert g == reference_decode(model, p, s, block_causal=True)[0]
+    del model.nextblock_attention  # the plain model writes something else
+    assert got != [run(model, [p], s, mask_token_id=MASK).tokens[0] for p in prompts]
 
 
 def test_cached_block_decoding_stops_like_reference():
@@ -222,9 +244,9 @@ def test_chunked_prefill_builds_no_prompt_square_mask():
     seen = []
     real = masks.decode_mask
 
-    def spy(valid, start, length, causal, noisy_from=None):
+    def spy(valid, start, length, *args):
         seen.append(length)
-        return real(valid, start, length, causal, noisy_from)
+        return real(valid, start, length, *args)
 
     masks.decode_mask = spy
     try:

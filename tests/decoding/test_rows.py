@@ -28,7 +28,15 @@ def test_leaving_rows_take_their_padding_columns_with_them():
         nxt = torch.tensor([[7, MASK, MASK]])
         a = rows.forward(nxt, rows.mask(3, causal=False))
         b = alone.forward(nxt, alone.mask(3, causal=False))
-    assert torch.allclose(a, b, atol=1e-5)
+        assert torch.allclose(a, b, atol=1e-5)
+        # then a row joins (the cache kept its width, the new row takes a spare slot)
+        third = random_prompts([6], seed=11)[0]
+        rows.merge(_alone(model, third))
+        got = rows.forward(nxt.expand(2, -1), rows.mask(3, causal=False))
+        for r, prompt in enumerate((short, third)):
+            ref = _alone(model, prompt)
+            want = ref.forward(nxt, ref.mask(3, causal=False))
+            assert torch.allclose(got[r], want[0], atol=1e-5)
 
 
 def test_merged_rows_are_right_aligned_and_decode_as_alone():

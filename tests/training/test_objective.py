@@ -6,6 +6,7 @@ import torch
 
 from nextblock import masks
 from nextblock.cache import KVCache
+from nextblock.errors import ConfigError
 from nextblock.modeling import forward
 from nextblock.training.curriculum import BlockCurriculum
 from nextblock.training.objective import (ObjectiveSettings, noise, objective,
@@ -28,9 +29,12 @@ def test_clean_half_equals_plain_causal_forward(family):
     torch.testing.assert_close(clean, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("block_causal", [False, True])
 @pytest.mark.parametrize("b,off", [(2, 0), (4, 0), (8, 0), (4, 7), (8, 3)])
-def test_noisy_block_equals_inference_denoise_step(b, off):
-    """off: the block grid starts at a response after an `off`-token prompt (SFT)."""
+def test_noisy_block_equals_inference_denoise_step(b, off, block_causal):
+    """off: the block grid starts at a response after an `off`-token prompt (SFT).
+    block_causal: the clean prefix is committed as such a model's decoding stores it, the
+    prompt causally, then each response block whole."""
     model = tiny_model("qwen2", seed=1)
     L = 24
     x = batch_of(L, B=1, seed=3)
@@ -38,20 +42,33 @@ def test_noisy_block_equals_inference_denoise_step(b, off):
     nb = noise(x, b, MASK, generator=torch.Generator().manual_seed(1), offsets=offsets,
                loss_mask=(torch.arange(L) >= off)[None])
     assert nb.masked.any() and not nb.masked[0, :off + 1].any()
+    s = ObjectiveSettings(ar_weight=0.0, training_mask="block_causal" if block_causal
+                          else "context_causal")
     with torch.no_grad():
-        noisy, _ = training_logits(model, nb)
+        noisy, _ = training_logits(model, nb, settings=s)
         for k in range((L - off) // b):
             start = off + k * b
             cache = KVCache.for_model(model, 1, L)
             valid = torch.ones(1, L, dtype=torch.bool)
-            if start:  # the clean prefix, committed causally
-                forward(model, x[:, :start], torch.arange(start)[None],
-                        masks.decode_mask(valid[:, :start], 0, start, True), cache)
-                cache.commit(start)
+            pieces = [(0, start)] if not block_causal else (
+                [(0, off)] * (off > 0) + [(off + j * b, b) for j in range(k)])
+            for c0, n in [p for p in pieces if p[1]]:  # the clean prefix, committed
+                commit = n if block_causal and c0 >= off else 0
+                forward(model, x[:, c0:c0 + n], torch.arange(c0, c0 + n)[None],
+                        masks.decode_mask(valid[:, :c0 + n], c0, n, True, commit_len=commit),
+                        cache)
+                cache.commit(n)
             step = forward(model, nb.noisy[:, start:start + b],
                            torch.arange(start, start + b)[None],
                            masks.decode_mask(valid[:, :start + b], start, b, False), cache)
             torch.testing.assert_close(noisy[:, start:start + b], step, atol=1e-5, rtol=1e-5)
+
+
+def test_block_causal_needs_no_ar_loss():
+    with pytest.raises(ConfigError, match="ar_weight"):
+        ObjectiveSettings(training_mask="block_causal")
+    with pytest.raises(ConfigError, match="training_mask"):
+        ObjectiveSettings(training_mask="causal")
 
 
 def test_padded_rows_equal_unpadded():

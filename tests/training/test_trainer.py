@@ -49,6 +49,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(setup, lora):
     for a, b in zip(full[2:], rest):
         for key in ("loss", "mdm_loss", "ar_loss", "masked_acc", "lr"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+        assert a["tokens_seen"] == b["tokens_seen"]  # the count goes on across the resume
+    assert full[-1]["tokens_seen"] > full[0]["tokens_seen"] > 0
     lines = (setup[2] / f"part{lora}" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["step"] for ln in lines] == [1, 2, 3, 4, 5, 6]
     assert (setup[2] / f"part{lora}" / "loss.png").stat().st_size > 1000
