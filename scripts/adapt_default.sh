@@ -27,5 +27,35 @@ nextblock adapt --config scripts/adapt_distill.json --resume --stop-at 475
 nextblock export --model runs/distill_v2 --out nextblock/assets/default --adapter \
     --dtype float16
 # 7. held-out measurements (GSM8K test questions, evaluation only)
-python scripts/eval_adaptation.py --model default --n 12 --block-size 4 \
-    --thresholds 0.9,0.5 --verified 0.0 --max-new-tokens 128
+python scripts/eval_adaptation.py --model default --prompts gsm8k --n 12 --block-sizes 4 \
+    --thresholds 0.9,0.5 --verified 4 --max-new-tokens 128 --dtype float32
+
+# ---- the general-purpose adaptation (issue 16), stages of at most ~2.5 h on 2 cores ----
+# G0. self-distillation data: the base model's greedy answers (int8 engine, the default AR
+#     path) to training prompts of many kinds; held-out and benchmark prompts excluded.
+#     Self-instruct records whose prompt fails requests_from's filter (added after the run
+#     had answered them) are removed (85 of 2239): a fresh run writes nearly this file
+#     (its multiturn follow-ups are drawn from the filtered records, so they differ a little).
+#     The file was written by an engine build whose attention summed the softmax weights
+#     lane by lane (fixed the same day: a row's bits then depended on its column layout),
+#     so a rerun gives nearly, not exactly, the same answers.
+python scripts/distill.py --out runs/distill/general.jsonl --model default-base \
+    --source gsm8k:300 --source mbpp:150 --source templated:900 --source docs:300 \
+    --source self_instruct:344 --source multiturn:300 --batch 32 --max-new-tokens 256 \
+    --dtype auto
+python - <<'PY'
+import json
+from nextblock.training.distill import key, requests_from
+meta = [json.loads(x) for x in open("runs/distill/general.jsonl.meta")]
+ok = {p.key for p in requests_from(meta)}
+recs = [json.loads(x) for x in open("runs/distill/general.jsonl")]
+keep = [r for r in recs if r["source"] != "self_instruct" or key(r["messages"][:1]) in ok]
+open("runs/distill/general.jsonl", "w").writelines(json.dumps(r) + "\n" for r in keep)
+PY
+# G1. stage 1: from the shipped GSM8K adapter, b = 4, lr 3e-4 constant (wsd over 1000
+#     steps), ended on the step-600 checkpoint (about 3 s a step on 2 idle cores)
+nextblock adapt --config scripts/adapt_general.json --resume --stop-at 600
+nextblock export --model runs/general_s1 --out adapters/general_s1 --adapter --dtype float16
+python scripts/eval_adaptation.py --model adapters/general_s1 --json runs/eval_general/s1.json
+python scripts/learning_curve.py --run runs/general_s1 --every 200 --n 32 \
+    --start nextblock/assets/default --plot docs/general_s1_curve.png
