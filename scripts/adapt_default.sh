@@ -52,6 +52,7 @@ recs = [json.loads(x) for x in open("runs/distill/general.jsonl")]
 keep = [r for r in recs if r["source"] != "self_instruct" or key(r["messages"][:1]) in ok]
 open("runs/distill/general.jsonl", "w").writelines(json.dumps(r) + "\n" for r in keep)
 PY
+cp runs/distill/general.jsonl data/distill/general_g0.jsonl  # committed: the file G1 read
 # G1. stage 1: from the shipped GSM8K adapter, b = 4, lr 3e-4 constant (wsd over 1000
 #     steps), ended on the step-600 checkpoint (about 3 s a step on 2 idle cores)
 nextblock adapt --config scripts/adapt_general.json --resume --stop-at 600
