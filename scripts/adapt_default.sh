@@ -53,10 +53,22 @@ keep = [r for r in recs if r["source"] != "self_instruct" or key(r["messages"][:
 open("runs/distill/general.jsonl", "w").writelines(json.dumps(r) + "\n" for r in keep)
 PY
 cp runs/distill/general.jsonl data/distill/general_g0.jsonl  # committed: the file G1 read
-# G1. stage 1: from the shipped GSM8K adapter, b = 4, lr 3e-4 constant (wsd over 1000
+# G1. stage 1: from the GSM8K adapter of step 6 (shipped until G2 replaced it; from git)
+mkdir -p adapters/gsm8k_v2
+git archive 185ad3b nextblock/assets/default | tar -x --strip-components=3 -C adapters/gsm8k_v2
+#     stage 1, b = 4, lr 3e-4 constant (wsd over 1000
 #     steps), ended on the step-600 checkpoint (about 3 s a step on 2 idle cores)
 nextblock adapt --config scripts/adapt_general.json --resume --stop-at 600
 nextblock export --model runs/general_s1 --out adapters/general_s1 --adapter --dtype float16
 python scripts/eval_adaptation.py --model adapters/general_s1 --json runs/eval_general/s1.json
-python scripts/learning_curve.py --run runs/general_s1 --every 200 --n 32 \
-    --start nextblock/assets/default --plot docs/general_s1_curve.png
+python scripts/learning_curve.py --run runs/general_s1 --every 200 --n 32 --loss-n 25 \
+    --start adapters/gsm8k_v2 --plot docs/general_s1_curve.png
+# G2. stage 2: from G1, the same distilled data mixed with the GSM8K training split in chat
+#     form (weight 0.3) to hold the AR loss on human text; b = 4, lr 3e-4 WSD over 400
+#     steps (linear decay over the last 80)
+python scripts/gsm8k_chat.py ../shared/data/gsm8k/train.jsonl runs/data/gsm8k_train_chat.jsonl
+nextblock adapt --config scripts/adapt_general_s2.json --resume
+# the shipped artefact since this stage (nextblock.json unchanged: block, B = 4, thr 0.9)
+nextblock export --model runs/general_s2 --out nextblock/assets/default --adapter \
+    --dtype float16
+python scripts/eval_adaptation.py --model default --json runs/eval_general/s2.json
