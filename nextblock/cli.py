@@ -220,6 +220,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .serving import create_app
+    from .serving.app import uvicorn_config
 
     key = args.api_key or os.environ.get("NEXTBLOCK_API_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
@@ -231,8 +232,8 @@ def cmd_serve(args) -> int:
                      max_batch=args.max_batch, max_queue=args.max_queue,
                      max_tokens_limit=args.max_tokens_limit,
                      reasoning=tuple(args.reasoning_markers.split(",", 1)))
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=30,
-                log_level="info")
+    uvicorn.Server(uvicorn_config(app, args.host, args.port, timeout_graceful_shutdown=30,
+                                  log_level="info")).run()
     return 0
 
 

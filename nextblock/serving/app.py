@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from .. import text as textlib
 from ..errors import NextBlockError
-from .scheduler import QueueFull, Scheduler, ShuttingDown
+from .scheduler import QueueFull, Scheduler, ShuttingDown, TooLarge
 from .schemas import ChatRequest, CompletionRequest
 
 log = logging.getLogger("nextblock.serve")
@@ -35,10 +36,12 @@ log = logging.getLogger("nextblock.serve")
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, type_: str = "invalid_request_error"):
+                 code: str | None = None, type_: str = "invalid_request_error",
+                 headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = (
             status, message, param, code, type_)
+        self.headers = headers
 
 
 def error_response(status: int, message: str, param=None, code=None,
@@ -58,7 +61,7 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                max_batch: int = 8, max_queue: int = 64, max_tokens_limit: int = 4096,
                max_body_bytes: int = 1 << 20, reasoning=("<think>", "</think>"),
                shutdown_timeout: float = 30.0) -> FastAPI:
-    name = served_name or lm.name
+    name = served_name or Path(str(lm.name)).name  # never a filesystem path to clients
     reasoning_markers = tuple(reasoning)
     sched = Scheduler(lm, max_batch=max_batch, max_queue=max_queue)
     created = int(time.time())
@@ -68,18 +71,17 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
         yield
         await asyncio.get_running_loop().run_in_executor(None, sched.close, shutdown_timeout)
 
-    app = FastAPI(title="nextblock", lifespan=lifespan)
+    # no /docs or /redoc: their pages load assets from a CDN, which a local server cannot
+    # reach; the schema stays at /openapi.json
+    app = FastAPI(title="nextblock", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.scheduler = sched
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         rid = uuid.uuid4().hex[:12]
         request.state.rid = rid
         headers = {"x-request-id": rid}
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > max_body_bytes):
-            return error_response(413, f"request body larger than {max_body_bytes} bytes",
-                                  code="request_too_large", headers=headers)
         if api_key and request.url.path != "/health":
             auth = request.headers.get("authorization", "")
             if not hmac.compare_digest(auth.encode(), f"Bearer {api_key}".encode()):
@@ -112,7 +114,8 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.param, exc.code, exc.type)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.type,
+                              headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -155,29 +158,33 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                                "context_length_exceeded")
         try:
             jobs, queue = sched.submit(prompts, settings, budget, req.seed, req.n)
+        except TooLarge as e:
+            raise APIError(400, str(e), "n" if req.n > 1 else "prompt",
+                           "invalid_value") from None
         except QueueFull as e:
             raise APIError(429, f"server busy: {e}", code="rate_limit_exceeded",
-                           type_="rate_limit_error") from None
+                           type_="rate_limit_error", headers={"Retry-After": "1"}) from None
         except ShuttingDown as e:
             raise APIError(503, str(e), code="shutting_down", type_="server_error") from None
         return settings, jobs, queue
 
-    def encode(fn, *args):
+    def encode(param, fn, *args):
         try:
             return fn(*args)
         except NextBlockError as e:
-            raise APIError(400, str(e), code="invalid_value") from None
+            code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
+            raise APIError(400, str(e), param, code) from None
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
         messages = [{"role": "system" if m.role == "developer" else m.role,
                      "content": m.text()} for m in req.messages]
-        ids = encode(lm.encode, messages, True)
+        ids = encode("messages", lm.encode, messages, True)
         return await respond(req, request, [ids], chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        prompts = [encode(lm.encode, p, False) for p in req.prompt]
+        prompts = [encode("prompt", lm.encode, p, False) for p in req.prompt]
         return await respond(req, request, prompts, chat=False)
 
     async def respond(req, request: Request, prompts, chat: bool):
@@ -191,20 +198,28 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
             return StreamingResponse(
                 stream(head, jobs, queue, settings, chat, usage_in, include_usage),
                 media_type="text/event-stream", headers={"x-request-id": request.state.rid})
+        async def hang_up():  # the body is read: the next ASGI message is the disconnect
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(hang_up())
         try:
             done: dict[int, str] = {}
             while len(done) < len(jobs):
                 try:
-                    index, kind, value = await asyncio.wait_for(queue.get(), 0.5)
+                    index, kind, value = await asyncio.wait_for(queue.get(), 0.25)
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():  # nobody to answer; free the slots
-                        return error_response(400, "client disconnected")
+                    index = kind = None
+                if watcher.done():  # checked while tokens flow too; free the slots
+                    return error_response(400, "client disconnected")
+                if kind is None:
                     continue
                 if kind == "error":
                     raise APIError(503, value, type_="server_error", code="unavailable")
                 if kind == "done":
                     done[index] = value
         finally:
+            watcher.cancel()
             for j in jobs:
                 if not j.done:
                     sched.cancel(j)
@@ -284,6 +299,74 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
     return app
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 while it streams in
+    (chunked bodies have no Content-Length to check up front), and a malformed
+    Content-Length gets 400, both in the OpenAI error format. Memory stays bounded by
+    max_bytes; the body is handed on to the app unchanged."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        size = headers.get(b"content-length")
+        if size is not None and not size.strip().isdigit():
+            return await error_response(400, "malformed Content-Length header",
+                                        code="invalid_value")(scope, receive, send)
+        too_big = error_response(413, f"request body larger than {self.max_bytes} bytes",
+                                 code="request_too_large")
+        if size is not None and int(size) > self.max_bytes:
+            return await too_big(scope, receive, send)
+        body, more, seen = [], True, 0
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                return await too_big(scope, receive, send)
+            body.append(chunk)
+            more = msg.get("more_body", False)
+        replay = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+
+def _http_protocol():
+    """uvicorn's h11 protocol, but the 400 its parser sends for a malformed request (a bad
+    Content-Length, a broken request line) is in the OpenAI error format too."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class OpenAIErrorsH11(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            import h11
+            body = json.dumps({"error": {
+                "message": f"malformed HTTP request: {msg} (check the request line, the "
+                           "headers and Content-Length)", "type": "invalid_request_error",
+                "param": None, "code": "invalid_request"}}).encode()
+            for event in (h11.Response(status_code=400, reason=b"Bad Request", headers=[
+                    (b"content-type", b"application/json"), (b"connection", b"close"),
+                    (b"content-length", str(len(body)).encode())]),
+                    h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return OpenAIErrorsH11
+
+
+def uvicorn_config(app, host: str, port: int, **kw):
+    """The server's uvicorn settings (the CLI and BackgroundServer share them)."""
+    import uvicorn
+    return uvicorn.Config(app, host=host, port=port, http=_http_protocol(), **kw)
+
+
 class BackgroundServer:
     """Serve an app with uvicorn in a background thread on a free loopback port (tests,
     benchmarks, notebooks): `s = BackgroundServer(app); s.url; s.stop()`."""
@@ -299,8 +382,8 @@ class BackgroundServer:
                 sock.bind((host, 0))
                 port = sock.getsockname()[1]
         self.app, self.port = app, port
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
-                                                    log_level="warning", **uvicorn_kw))
+        self.server = uvicorn.Server(uvicorn_config(app, host, port, log_level="warning",
+                                                    **uvicorn_kw))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.time() + 30

@@ -33,6 +33,10 @@ class QueueFull(Exception):
     pass
 
 
+class TooLarge(Exception):
+    """A request that can never fit the queue (n x prompts > max_queue): not retryable."""
+
+
 class ShuttingDown(Exception):
     pass
 
@@ -102,7 +106,7 @@ class _Batch:
             if isinstance(ev, Emit):
                 self._emit(ev)
                 continue
-            if ev.kind != "prefill" and not ev.fused:
+            if ev.kind != "prefill" and not ev.fused and self.jobs:
                 self.sched.batch_sizes[len(self.jobs)] += 1
             return True
 
@@ -145,6 +149,12 @@ class Scheduler:
         ShuttingDown. Call from the event loop."""
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         count = len(prompts) * n
+        if count > self.max_queue:
+            raise TooLarge(f"{count} completions (n={n} x {len(prompts)} prompt(s)) can never "
+                           f"fit this server's queue of {self.max_queue}")
+        seeds = [None if seed is None else (seed + i % n) % 2 ** 64 for i in range(count)]
+        for s in set(seeds) - {None}:  # a bad seed fails here, in its own request only
+            torch.Generator().manual_seed(s)
         with self.lock:
             if self.closing:
                 raise ShuttingDown("the server is shutting down")
@@ -152,8 +162,7 @@ class Scheduler:
                 raise QueueFull(f"{self.queued()} requests are waiting (limit "
                                 f"{self.max_queue}); retry later")
             jobs = [Job(next(self.ids), i, prompts[i // n], settings, max_new_tokens,
-                        None if seed is None else seed + i % n, loop, queue)
-                    for i in range(count)]
+                        seeds[i], loop, queue) for i in range(count)]
             self.pending.setdefault(batch_key(settings), deque()).extend(jobs)
             self.wake.notify()
         return jobs, queue

@@ -8,24 +8,37 @@ the model's recommended settings.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from pydantic import field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat
+from pydantic import StrictInt, StrictStr, field_validator
 
 Number = StrictFloat | StrictInt
+
+
+def _encodable(v: str) -> str:
+    """JSON may carry a lone surrogate (\\ud800) that no tokenizer can encode."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone UTF-16 surrogate (not valid Unicode text)") from None
+    return v
+
+
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
+SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 64 - 1  # what torch.Generator.manual_seed takes
 
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
-    text: StrictStr
+    text: Text
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[ContentPart]
+    content: Text | list[ContentPart]
     name: StrictStr | None = None
 
     def text(self) -> str:
@@ -47,8 +60,8 @@ class _Request(BaseModel):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     temperature: Number | None = Field(None, ge=0, le=2)
     top_p: Number | None = Field(None, gt=0, le=1)
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    stop: Text | list[Text] | None = None
+    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     n: StrictInt = Field(1, ge=1, le=8)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -107,7 +120,7 @@ class ChatRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: StrictStr | list[StrictStr]
+    prompt: Text | list[Text]
     echo: StrictBool = False
 
     @field_validator("prompt")
