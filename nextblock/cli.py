@@ -8,12 +8,50 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from .errors import NextBlockError
+
+
+def positive_int(v: str) -> int:
+    """argparse type: argparse then names the flag in its one-line error (exit 2)."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _list_of(parse, what: str):
+    def parse_list(v: str):
+        try:
+            return [parse(x.strip()) for x in v.split(",")]
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {v!r}"
+                                             ) from None
+    return parse_list
+
+
+def _sub_block(x: str):
+    return None if x == "full" else positive_int(x)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines end with the default, when there is one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings \
+                and "%(default)" not in text and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _add_model_args(p):
@@ -187,14 +225,9 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(args.threads)
     lm = _load(args)
     prompts = B.load_prompts(args.prompts)[:args.limit]
-    floats = lambda v: [float(x) for x in v.split(",")]  # noqa: E731
-    rows = B.grid(lm, [m.strip() for m in args.modes.split(",")],
-                  block_sizes=[int(x) for x in args.block_sizes.split(",")]
-                  if args.block_sizes else None,
-                  thresholds=floats(args.thresholds) if args.thresholds
-                  else B.BLOCK_THRESHOLDS,
-                  sub_blocks=[None if x == "full" else int(x) for x in args.sub_blocks.split(",")]
-                  if args.sub_blocks else B.SUB_BLOCKS)
+    rows = B.grid(lm, args.modes, block_sizes=args.block_sizes,
+                  thresholds=args.thresholds or B.BLOCK_THRESHOLDS,
+                  sub_blocks=args.sub_blocks or B.SUB_BLOCKS)
     title = (f"{lm.name} | {'int8 engine' if lm.quantization else 'float32 reference'} | "
              f"{torch.get_num_threads()} threads | {len(prompts)} prompts | "
              f"{args.max_new_tokens} new tokens max | median of {args.repeats}")
@@ -237,9 +270,27 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from rich.progress import Progress
+@contextlib.contextmanager
+def progress_reporter(label: str, total: int, lines: int = 20):
+    """rich's progress bar in a terminal; elsewhere (a log file, CI) a plain line on stderr
+    about `lines` times over the run, so a long job is never silent."""
+    if sys.stderr.isatty():
+        from rich.progress import Progress
+        with Progress(transient=True) as bar:
+            t = bar.add_task(label, total=total)
+            yield lambda: bar.advance(t)
+        return
+    every, done, start = max(1, total // lines), [0], time.time()
 
+    def tick():
+        done[0] += 1
+        if done[0] % every == 0 or done[0] == total:
+            print(f"{label}: {done[0]}/{total} ({time.time() - start:.0f} s)", file=sys.stderr,
+                  flush=True)
+    yield tick
+
+
+def cmd_eval(args) -> int:
     from .evaluation.run import evaluate
     from .evaluation.tasks import TASKS
 
@@ -250,10 +301,9 @@ def cmd_eval(args) -> int:
     kw = _overrides(args)
     kw.setdefault("max_new_tokens", task.max_new_tokens)
     settings = lm.settings(**kw)
-    with Progress(transient=True) as bar:
-        t = bar.add_task(f"{args.task} {settings.mode}", total=len(samples))
+    with progress_reporter(f"{args.task} {settings.mode}", len(samples) * args.samples) as tick:
         row = evaluate(lm, task, samples, settings, args.out, resume=args.resume,
-                       progress=lambda rec: bar.advance(t), n=args.samples,
+                       progress=lambda rec: tick(), n=args.samples,
                        batch_size=args.batch_size)
     print(f"{args.task} [{settings.mode}] accuracy {row['accuracy']:.3f} on "
           f"{row['samples']} samples, {row['tokens_per_s']:.1f} tokens/s, "
@@ -280,7 +330,8 @@ def cmd_adapt(args) -> int:
     if args.stop_at is not None and (args.stop_at < 1 or args.stop_at % cfg.save_every):
         raise ConfigError(f"--stop-at {args.stop_at}: use a positive multiple of save_every "
                           f"({cfg.save_every}), so the run ends on a checkpoint")
-    records = adapt(cfg, resume=args.resume, stop_at=args.stop_at)
+    records = adapt(cfg, resume=args.resume or False, stop_at=args.stop_at,
+                    overwrite=args.overwrite)
     if records:
         last = records[-1]
         print(f"done: step {last['step']}, block size {last['block_size']}, "
@@ -305,9 +356,37 @@ def cmd_report(args) -> int:
     return 0
 
 
+ADAPT_FLAGS = [  # (flag, type, help) of the AdaptConfig fields set from the command line
+    ("seq-len", int, "tokens per training row"),
+    ("batch-size", int, "rows per process and micro-step"),
+    ("grad-accum", int, "micro-steps per optimizer step"),
+    ("steps", int, "optimizer steps the schedule plans"),
+    ("lr", float, "peak learning rate"),
+    ("warmup", int, "linear warm-up steps"),
+    ("lora-r", int, "LoRA rank; 0 = full fine-tuning"),
+    ("lora-alpha", int, "LoRA alpha"),
+    ("block-start", int, "curriculum: first block size b0"),
+    ("block-max", int, "curriculum: largest block size"),
+    ("block-ratio", int, "curriculum: growth factor r"),
+    ("block-warmup", int, "curriculum: steps before growth starts"),
+    ("block-stage-steps", int, "curriculum: steps per block size"),
+    ("block-growth-end", float, "curriculum: fraction of the run where the last size starts"),
+    ("ar-weight", float, "weight of the AR loss on the clean stream"),
+    ("seed", int, "seed of data order, noise and initialisation"),
+    ("save-every", int, "checkpoint every N steps"),
+    ("attention-chunk", int, "query chunk of the chunked training attention"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nextblock", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="nextblock", description=__doc__.splitlines()[0],
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nextblock {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: add_parser(*a, formatter_class=_HelpFormatter, **kw)
 
     p = sub.add_parser("generate", help="generate text for one or more prompts")
     p.add_argument("prompt", nargs="+")
@@ -333,14 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "verified, one run")
     _add_model_args(p)
     p.add_argument("--prompts", help="file: one prompt per line (default: the shipped set)")
-    p.add_argument("--limit", type=int, help="use the first N prompts")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--modes", default="transformers,ar,block,verified")
-    p.add_argument("--block-sizes", help="block grid sizes, e.g. 4,8 (default: the model's)")
-    p.add_argument("--thresholds", help="block grid thresholds (default 0.5,...,1.0)")
-    p.add_argument("--sub-blocks", help="block grid sub-blocks, e.g. 4,8,full")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--limit", type=positive_int, help="use the first N prompts")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--modes", default="transformers,ar,block,verified",
+                   type=_list_of(str, "modes"), help="rows to measure: transformers, ar, block, verified")
+    p.add_argument("--block-sizes", type=_list_of(positive_int, "integers"),
+                   help="block grid sizes, e.g. 4,8 (default: the model's)")
+    p.add_argument("--thresholds", type=_list_of(float, "numbers"),
+                   help="block grid thresholds (default 0.5,...,1.0)")
+    p.add_argument("--sub-blocks", type=_list_of(_sub_block, "integers or full"),
+                   help="block grid sub-blocks, e.g. 4,8,full")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch threads (default: torch's choice)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p.add_argument("--json", help="write the rows as JSON")
     p.add_argument("--plot", help="write the speed / agreement frontier as PNG")
@@ -363,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy and speed on a benchmark task, any mode")
     p.add_argument("--task", required=True, choices=["gsm8k", "math500", "mbpp", "humaneval"])
     p.add_argument("--data", help="the task's data file (humaneval: the package's own)")
-    p.add_argument("--limit", type=int, help="the first N problems")
+    p.add_argument("--limit", type=positive_int, help="the first N problems")
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--resume", action="store_true", help="skip samples already recorded")
     p.add_argument("--samples", type=int, default=1,
@@ -389,13 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", help="record field (default: messages if present, else text)")
     p.add_argument("--init-adapter", help="start LoRA and mask embedding from an adapter "
                    "export (same --lora-r), to continue an earlier adaptation")
-    for name, typ in [("seq-len", int), ("batch-size", int), ("grad-accum", int),
-                      ("steps", int), ("lr", float), ("warmup", int), ("lora-r", int),
-                      ("lora-alpha", int), ("block-start", int), ("block-max", int),
-                      ("block-ratio", int), ("block-warmup", int), ("block-stage-steps", int),
-                      ("block-growth-end", float), ("ar-weight", float), ("seed", int),
-                      ("save-every", int), ("attention-chunk", int)]:
-        p.add_argument(f"--{name}", type=typ)
+    for name, typ, text in ADAPT_FLAGS:
+        p.add_argument(f"--{name}", type=typ, help=text + " (default: the config's, else "
+                       "AdaptConfig's)")
     p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
                    help="long-context stage: RoPE scaling beyond the base window, e.g. yarn:4")
     p.add_argument("--pack-documents", action="store_true",
@@ -408,7 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inverse-t-weight", action="store_true")
     p.add_argument("--complementary", action="store_true")
     p.add_argument("--grad-checkpointing", action="store_true")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoints/latest")
+    p.add_argument("--resume", nargs="?", const="latest", choices=["latest", "previous"],
+                   help="continue the run in --out from its latest checkpoint (previous: the "
+                   "one before a corrupt latest); the settings must match the stored run's")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out instead of refusing")
     p.add_argument("--stop-at", type=int, help="end this call after step N, a multiple of "
                    "--save-every so it is checkpointed (the schedule still plans --steps)")
     p.set_defaults(func=cmd_adapt)
@@ -423,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="plot a run's metrics.jsonl to loss.png")
     p.add_argument("run")
     p.set_defaults(func=cmd_report)
+    for command in sub.choices.values():  # a flag without help text still shows its default
+        for action in command._actions:
+            if action.help is None and action.default not in (None, False):
+                action.help = "(default: %(default)s)"
     return parser
 
 

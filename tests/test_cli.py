@@ -92,3 +92,51 @@ def test_chat_keeps_the_history(model_dir, capsys, monkeypatch):
     assert main(["chat", "--model", model_dir, "--mode", "ar", "--max-new-tokens", "4"]) == 0
     assert [len(s) for s in seen] == [1, 3, 1]  # user; user, assistant, user; reset -> user
     assert seen[1][0] == "w1 w2" and seen[1][2] == "w3" and seen[2] == ["w4"]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["eval", "--task", "gsm8k", "--limit", "0"], "--limit"),
+    (["eval", "--task", "gsm8k", "--limit", "-1"], "--limit"),
+    (["bench", "--limit", "0"], "--limit"),
+    (["bench", "--thresholds", "abc"], "--thresholds"),
+    (["bench", "--block-sizes", "4,x"], "--block-sizes"),
+    (["bench", "--sub-blocks", "0"], "--sub-blocks"),
+])
+def test_bad_flag_values_exit_2_naming_the_flag(capsys, argv, flag):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}:" in err.splitlines()[-1]
+    assert "Traceback" not in err
+
+
+def test_wrong_config_type_is_one_line_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"data": ["x.jsonl"], "lr": "1e-4"}))
+    assert main(["adapt", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lr='1e-4'" in err
+
+
+def test_version_and_help_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    from nextblock import __version__
+    assert capsys.readouterr().out.strip() == f"nextblock {__version__}"
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--max-new-tokens MAX_NEW_TOKENS (default: 128)" in out
+    with pytest.raises(SystemExit):
+        main(["adapt", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--lora-r LORA_R LoRA rank; 0 = full fine-tuning" in out
+
+
+def test_progress_lines_when_not_a_terminal(capsys):
+    from nextblock.cli import progress_reporter
+    with progress_reporter("gsm8k ar", 40, lines=4) as tick:
+        for _ in range(40):
+            tick()
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(" (")[0] for ln in lines] == [f"gsm8k ar: {n}/40" for n in (10, 20, 30, 40)]

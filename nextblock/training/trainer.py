@@ -19,6 +19,8 @@ import os
 import shutil
 import sys
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +97,10 @@ class AdaptConfig:
         if not self.lr > 0:
             raise ConfigError(f"invalid lr={self.lr!r}: must be > 0")
         self.objective_settings()  # ar_weight, training_mask, ... checked where defined
+        for spec in self.data:  # before the model loads: a typo should not cost a minute
+            path, _ = parse_source(spec)
+            if not Path(path).exists():
+                raise ConfigError(f"data: {path} does not exist")
         return self
 
     @classmethod
@@ -107,6 +113,8 @@ class AdaptConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        for k, v in d.items():
+            _check_type(cls, k, v, str(path))
         d.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**d)
 
@@ -124,6 +132,31 @@ class AdaptConfig:
                                  complementary=self.complementary, attention=self.attention,
                                  attention_chunk=self.attention_chunk,
                                  training_mask=self.training_mask)
+
+
+def _matches(v, tp) -> bool:
+    """isinstance for the annotations AdaptConfig uses (int, float, str, bool, list[str],
+    dict, unions with None); an int is a float, a bool is not an int."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(v, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return v is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(v, list) and all(_matches(x, item) for x in v)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, origin or tp)
+
+
+def _check_type(cls, name: str, value, where: str) -> None:
+    tp = typing.get_type_hints(cls)[name]
+    if not _matches(value, tp):
+        want = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        raise ConfigError(f"{where}: {name}={value!r} has the wrong type: expected {want}")
 
 
 class MaskEmbedding(torch.nn.Module):
@@ -271,6 +304,77 @@ def latest_checkpoint(out: Path) -> Path | None:
     return path
 
 
+# settings a resumed run may change: they alter neither the data order, the noise, the
+# model nor the optimizer state (steps: the schedule is re-planned, and said so)
+RESUMABLE_CHANGES = {"steps", "save_every", "keep", "out"}
+
+
+def check_resume(out: Path, cfg: AdaptConfig, step: int) -> None:
+    """Refuse a resumption whose settings differ from the stored run's in a way that breaks
+    exact continuation; name every such field."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    stored = json.loads(path.read_text())
+    now = dataclasses.asdict(cfg)
+    changed = sorted(k for k in now if k in stored and stored[k] != now[k]
+                     and k not in RESUMABLE_CHANGES)
+    if changed:
+        diffs = ", ".join(f"{k} {stored[k]!r} -> {now[k]!r}" for k in changed)
+        raise ConfigError(f"--resume: {out} was trained with other settings ({diffs}); an "
+                          "exact continuation needs the same ones (only steps, save_every "
+                          "and keep may change); start a new --out to train differently")
+    if cfg.steps < step:
+        raise ConfigError(f"--resume: steps={cfg.steps} is below the checkpoint's step {step}")
+    if cfg.steps != stored.get("steps"):
+        print(f"note: steps {stored.get('steps')} -> {cfg.steps}: the {cfg.schedule} "
+              f"schedule is re-planned over {cfg.steps} steps from step {step}",
+              file=sys.stderr)
+
+
+def previous_checkpoint(out: Path, broken: Path) -> Path | None:
+    older = [p for p in sorted((Path(out) / "checkpoints").glob("step-*")) if p < broken]
+    return older[-1] if older else None
+
+
+def resume_point(out: Path, which: str) -> Path | None:
+    """The checkpoint `--resume [latest|previous]` continues from. A broken latest one is
+    named, with the intact one before it offered, never used silently."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    broken = _broken_file(ckpt)
+    if broken is None and which == "latest":
+        return ckpt
+    prev = previous_checkpoint(out, ckpt)
+    if which == "previous":
+        if prev is None or _broken_file(prev) is not None:
+            raise ConfigError(f"--resume previous: no intact checkpoint before {ckpt.name}")
+        print(f"note: resuming from {prev.name}, the checkpoint before {ckpt.name}",
+              file=sys.stderr)
+        return prev
+    hint = (f"; `--resume previous` continues from {prev.name}" if prev is not None
+            and _broken_file(prev) is None else "; no intact checkpoint before it")
+    raise ConfigError(f"{broken}: the latest checkpoint is corrupt{hint}")
+
+
+def _broken_file(ckpt: Path) -> Path | None:
+    """The first file of a checkpoint that cannot be read, or None."""
+    from safetensors import safe_open
+    for name in ("trainable.safetensors", "optimizer.safetensors"):
+        try:
+            with safe_open(str(ckpt / name), "pt") as f:
+                for k in f.keys():
+                    f.get_slice(k)
+        except Exception:  # noqa: BLE001 - any reason it cannot be read
+            return ckpt / name
+    try:
+        json.loads((ckpt / "state.json").read_text())["step"]
+    except Exception:  # noqa: BLE001
+        return ckpt / "state.json"
+    return None
+
+
 def load_checkpoint(path: Path, module, opt, sched) -> dict:
     try:
         weights = load_file(path / "trainable.safetensors")
@@ -302,22 +406,34 @@ def _log_line(m: dict) -> str:
             f"lr {m['lr']:.2e} | {m['tokens_per_s']:.0f} tok/s")
 
 
-def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
-          stop_at: int | None = None) -> list[dict]:
+def adapt(cfg: AdaptConfig, resume: bool | str = False, progress: bool = True,
+          stop_at: int | None = None, overwrite: bool = False) -> list[dict]:
     """Run (or resume) an adaptation; returns this call's metrics records. `stop_at` ends
     the call after that step, as an interruption would (the schedule still plans
-    cfg.steps; a resumed run continues from the last checkpoint exactly)."""
+    cfg.steps; a resumed run continues from the last checkpoint exactly). `resume`: True or
+    "latest", or "previous" (the checkpoint before a corrupt latest one). An existing run
+    in cfg.out is never overwritten unless `overwrite`."""
     from accelerate import Accelerator
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..loading import default_adapter, load
 
     cfg.validated()
+    out = Path(cfg.out)
+    if resume and cfg.model is None and (out / "config.json").exists():
+        cfg.model = json.loads((out / "config.json").read_text()).get("model")
     if cfg.model is None:  # record which model "default" meant, for resume and export
         cfg.model = "default" if default_adapter() else "default-base"
+    ckpt = None
+    if resume:
+        ckpt = resume_point(out, "latest" if resume is True else resume)
+        if ckpt is not None:
+            check_resume(out, cfg, json.loads((ckpt / "state.json").read_text())["step"])
+    elif not overwrite and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
+        raise ConfigError(f"{out} already holds a run: continue it with --resume, or replace "
+                          "it with --overwrite")
     acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
                       cpu=not torch.cuda.is_available())
-    out = Path(cfg.out)
     lm = load(cfg.model, dtype="float32")  # trained in float32; the engine is for inference
     torch.manual_seed(cfg.seed)
     module = build_model(cfg, lm)
@@ -336,7 +452,7 @@ def adapt(cfg: AdaptConfig, resume: bool = False, progress: bool = True,
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     start = 0
-    if resume and (ckpt := latest_checkpoint(out)) is not None:
+    if ckpt is not None:
         start = load_checkpoint(ckpt, module, opt, sched)["step"]
     module, opt = acc.prepare(module, opt)
     inner = acc.unwrap_model(module)

@@ -83,8 +83,70 @@ def test_corrupt_checkpoint_is_reported(setup):
     adapt(cfg, progress=False)
     f = tr.latest_checkpoint(cfg.out) / "optimizer.safetensors"
     f.write_bytes(f.read_bytes()[:50])
-    with pytest.raises(ConfigError, match="corrupt checkpoint"):
+    with pytest.raises(ConfigError, match="optimizer.safetensors: the latest checkpoint is "
+                       "corrupt; no intact"):
         adapt(cfg, progress=False, resume=True)
+
+
+def test_corrupt_latest_checkpoint_offers_the_previous_one(setup):
+    cfg = config(setup, "corrupt2", steps=4, keep=3)
+    full = adapt(config(setup, "corrupt2_ref", steps=4, keep=3), progress=False)
+    adapt(cfg, progress=False)
+    f = tr.latest_checkpoint(cfg.out) / "trainable.safetensors"
+    f.write_bytes(f.read_bytes()[:-20])
+    with pytest.raises(ConfigError, match="step-0000004/trainable.safetensors.*"
+                       "`--resume previous` continues from step-0000002"):
+        adapt(cfg, progress=False, resume=True)
+    rest = adapt(cfg, progress=False, resume="previous")
+    assert [r["step"] for r in rest] == [3, 4]
+    assert rest[-1]["loss"] == pytest.approx(full[-1]["loss"], rel=1e-6)
+
+
+def test_rerun_into_an_existing_run_is_refused_without_overwrite(setup):
+    cfg = config(setup, "again", steps=2)
+    adapt(cfg, progress=False)
+    before = (setup[2] / "again" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run.*--resume.*--overwrite"):
+        adapt(config(setup, "again", steps=2), progress=False)
+    assert (setup[2] / "again" / "metrics.jsonl").read_text() == before
+    assert len(adapt(config(setup, "again", steps=2), progress=False, overwrite=True)) == 2
+
+
+@pytest.mark.parametrize("change,fields", [
+    (dict(lr=1e-3), "lr 0.003 -> 0.001"),
+    (dict(seq_len=24), "seq_len 32 -> 24"),
+    (dict(lora_r=8), "lora_r 4 -> 8"),
+    (dict(lr=1e-3, seed=5), "lr .*seed 0 -> 5"),
+])
+def test_resume_refuses_a_changed_setting_naming_it(setup, change, fields):
+    out = "changed-" + "-".join(change)
+    adapt(config(setup, out, steps=4, lora_r=4), progress=False, stop_at=2)
+    stored = (setup[2] / out / "config.json").read_text()
+    with pytest.raises(ConfigError, match=f"--resume: .*{fields}"):
+        adapt(config(setup, out, steps=4, **{"lora_r": 4, **change}), progress=False,
+              resume=True)
+    assert (setup[2] / out / "config.json").read_text() == stored
+
+
+def test_resume_with_more_steps_is_allowed_and_said(setup, capsys):
+    adapt(config(setup, "longer", steps=2), progress=False)
+    rest = adapt(config(setup, "longer", steps=4), progress=False, resume=True)
+    assert [r["step"] for r in rest] == [3, 4]
+    assert "steps 2 -> 4" in capsys.readouterr().err
+
+
+def test_config_file_types_are_checked_before_anything_runs(tmp_path):
+    bad = tmp_path / "c.json"
+    for body, needle in [({"data": "/"}, "data='/' has the wrong type"),
+                         ({"data": ["x"], "lr": "1e-4"}, "lr='1e-4' has the wrong type"),
+                         ({"data": ["x"], "steps": 2.5}, "steps=2.5 has the wrong type"),
+                         ({"data": ["x"], "complementary": 1}, "complementary=1")]:
+        bad.write_text(json.dumps(body))
+        with pytest.raises(ConfigError, match=needle):
+            AdaptConfig.from_file(bad)
+    bad.write_text(json.dumps({"data": [str(tmp_path / "missing.jsonl")], "lr": 1}))
+    with pytest.raises(ConfigError, match="missing.jsonl does not exist"):
+        AdaptConfig.from_file(bad).validated()
 
 
 def test_bad_inputs(setup, tmp_path):
