@@ -135,7 +135,10 @@ def test_malformed_content_length_gets_the_openai_error_format(serve):
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 12abc\r\n\r\n{}")
-        reply = sock.recv(65536).decode("latin-1")
+        reply = b""
+        while chunk := sock.recv(65536):  # the server closes the connection after it
+            reply += chunk
+        reply = reply.decode("latin-1")
     assert reply.startswith("HTTP/1.1 400")
     assert '"error"' in reply and "Content-Length" in reply
 
