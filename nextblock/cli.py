@@ -43,17 +43,6 @@ def _sub_block(x: str):
     return None if x == "full" else positive_int(x)
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Help lines end with the default, when there is one worth showing."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings \
-                and "%(default)" not in text and "default" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
 def _add_model_args(p):
     p.add_argument("--model", default=None, help="default | HF directory | .gguf file")
     p.add_argument("--dtype", default="auto",
@@ -381,12 +370,9 @@ ADAPT_FLAGS = [  # (flag, type, help) of the AdaptConfig fields set from the com
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="nextblock", description=__doc__.splitlines()[0],
-                                     formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(prog="nextblock", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"nextblock {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **kw: add_parser(*a, formatter_class=_HelpFormatter, **kw)
 
     p = sub.add_parser("generate", help="generate text for one or more prompts")
     p.add_argument("prompt", nargs="+")
@@ -416,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--modes", default="transformers,ar,block,verified",
-                   type=_list_of(str, "modes"), help="rows to measure: transformers, ar, block, verified")
+                   type=_list_of(str, "modes"),
+                   help="rows to measure: transformers, ar, block, verified")
     p.add_argument("--block-sizes", type=_list_of(positive_int, "integers"),
                    help="block grid sizes, e.g. 4,8 (default: the model's)")
     p.add_argument("--thresholds", type=_list_of(float, "numbers"),
@@ -507,10 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="plot a run's metrics.jsonl to loss.png")
     p.add_argument("run")
     p.set_defaults(func=cmd_report)
-    for command in sub.choices.values():  # a flag without help text still shows its default
+    # every flag's help ends with its default where it has one worth showing (argparse's
+    # ArgumentDefaultsHelpFormatter would also print "(default: None)" everywhere)
+    for command in sub.choices.values():
         for action in command._actions:
-            if action.help is None and action.default not in (None, False):
-                action.help = "(default: %(default)s)"
+            text = action.help or ""
+            worth = action.default not in (None, False, argparse.SUPPRESS)
+            if action.option_strings and worth and "default" not in text:
+                action.help = f"{text} (default: %(default)s)".strip()
     return parser
 
 

@@ -15,9 +15,8 @@ mkdir -p runs/ablation
 for arm in "${arms[@]}"; do
     [ -f "runs/ablation/$arm.json" ] && { echo "$arm: done"; continue; }
     cfg=scripts/ablation/$arm.json
-    resume=(); [ -e "runs/ablation/$arm/checkpoints/latest" ] && resume=(--resume)
     start=$(date +%s)
-    nextblock adapt --config "$cfg" "${resume[@]}"
+    nextblock adapt --config "$cfg" --resume  # starts fresh when there is no checkpoint
     echo "$arm: trained in $(( $(date +%s) - start )) s (this call)" | tee -a runs/ablation/times.txt
     nextblock export --model "runs/ablation/$arm" --out "runs/ablation/${arm}_adapter" \
         --adapter --dtype float16

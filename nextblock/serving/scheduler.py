@@ -152,9 +152,9 @@ class Scheduler:
         if count > self.max_queue:
             raise TooLarge(f"{count} completions (n={n} x {len(prompts)} prompt(s)) can never "
                            f"fit this server's queue of {self.max_queue}")
+        # manual_seed takes [-2^63, 2^64); the schema bounds the seed, the wrap keeps
+        # seed + j in range, so no row can fail the batch it joins
         seeds = [None if seed is None else (seed + i % n) % 2 ** 64 for i in range(count)]
-        for s in set(seeds) - {None}:  # a bad seed fails here, in its own request only
-            torch.Generator().manual_seed(s)
         with self.lock:
             if self.closing:
                 raise ShuttingDown("the server is shutting down")
