@@ -321,7 +321,9 @@ def cmd_adapt(args) -> int:
                           f"({cfg.save_every}), so the run ends on a checkpoint")
     records = adapt(cfg, resume=args.resume or False, stop_at=args.stop_at,
                     overwrite=args.overwrite)
-    if records:
+    from accelerate import PartialState
+
+    if records and PartialState().is_main_process:  # one line, not one per process
         last = records[-1]
         print(f"done: step {last['step']}, block size {last['block_size']}, "
               f"masked-token accuracy {last['masked_acc']:.3f}; metrics in "

@@ -308,7 +308,7 @@ def _load_weights(spec, *, dtype, device, trust_remote_code, rope_scaling):
     source = resolve(spec)
     name = "default" if spec in (None, "default") else str(spec)
     if source.is_dir() and (source / "adapter_config.json").exists():
-        from .training.export import apply_adapter
+        from .adapter import apply_adapter
 
         block = BlockConfig.load(source)
         base = block.base_model or "default-base"

@@ -10,6 +10,8 @@ LoRA-wrapped layers (peft) work unchanged.
 
 from __future__ import annotations
 
+import types
+
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -103,8 +105,28 @@ def forward(model, input_ids: torch.Tensor, positions: torch.Tensor, mask,
 
 
 def _layer(layer, h, cos, sin, mask, cache, i):
+    sharded = getattr(layer, "nextblock_layer", None)  # FSDP: see shard_layer_calls
+    if sharded is not None:
+        return sharded(h, cos, sin, mask, cache, i)
+    return layer_forward(layer, h, cos, sin, mask, cache, i)
+
+
+def layer_forward(layer, h, cos, sin, mask, cache, i):
+    """One decoder layer, from its parts (this forward's masks and cache, not HF's)."""
     h = h + _attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, cache, i)
     return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def shard_layer_calls(model) -> None:
+    """FSDP2 gathers a sharded layer's weights in hooks on `layer(...)`, which `forward`
+    never calls (it calls the layer's parts): register `layer_forward` as an FSDP forward
+    method of every sharded layer, so the gather / free / gradient reduce happen there."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    for layer in decoder(model).layers:
+        if isinstance(layer, FSDPModule) and not hasattr(layer, "nextblock_layer"):
+            layer.nextblock_layer = types.MethodType(layer_forward, layer)
+            register_fsdp_forward_method(layer, "nextblock_layer")
 
 
 def context_limit(config) -> int:

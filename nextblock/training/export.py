@@ -1,19 +1,18 @@
 """Export a training run as a model `nextblock.load` (and `transformers`) can read.
 
     nextblock export --model runs/a --out models/a            # merged HF directory
-    nextblock export --model runs/a --out adapter --adapter   # LoRA adapter + mask embedding
+    nextblock export --model runs/a --out adapter --adapter   # LoRA adapter + mask row
 
 A merged export is a plain Hugging Face directory (LoRA merged, the mask-token embedding row
 written in) that `AutoModelForCausalLM.from_pretrained` loads as an ordinary causal LM, with
-the block-diffusion settings in nextblock.json. An adapter export holds only the LoRA
-weights, the mask embedding and nextblock.json, whose `base_model` names the model to
-apply them to.
+the block-diffusion settings in nextblock.json. An adapter export (the format of
+nextblock.adapter) holds only the peft weights (LoRA and the mask token's row) and
+nextblock.json, whose `base_model` names the model to apply them to.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -21,9 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from ..config import BlockConfig
 from ..errors import ConfigError
-from .trainer import AdaptConfig, build_model, latest_checkpoint
-
-MASK_EMBEDDING_FILE = "mask_embedding.safetensors"
+from .checkpoint import latest_checkpoint, read_checkpoint
+from .trainer import AdaptConfig, build_model
 
 
 def find_checkpoint(run: str | Path) -> Path:
@@ -42,7 +40,7 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
     from ..loading import load, parse_rope_scaling
 
     ckpt = find_checkpoint(run)
-    state = json.loads((ckpt / "state.json").read_text())
+    weights, _, state = read_checkpoint(ckpt)
     cfg = AdaptConfig(**state["config"])
     if adapter and not cfg.lora_r:
         raise ConfigError(f"{ckpt}: this run trained all weights; an adapter export needs a "
@@ -51,7 +49,7 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
     module = build_model(cfg, lm)
     params = dict(module.named_parameters())
     with torch.no_grad():
-        for name, t in load_file(ckpt / "trainable.safetensors").items():
+        for name, t in weights.items():
             params[name].copy_(t)
     sizes = state["trained_block_sizes"]
     start = Path(cfg.init_adapter) if cfg.init_adapter else None
@@ -71,38 +69,15 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
         peft_model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
         weights = out / "adapter_model.safetensors"
         save_file({k: v.to(dtype).contiguous() for k, v in load_file(weights).items()}, weights)
-        save_file({"mask_embedding": module.mask_embedding.weight.detach().to(dtype)},
-                  out / MASK_EMBEDDING_FILE)
         meta = json.loads((out / "adapter_config.json").read_text())
         meta["base_model_name_or_path"] = block.base_model  # a spec, not this machine's path
         (out / "adapter_config.json").write_text(json.dumps(meta, indent=2) + "\n")
         (out / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     else:
         model = module.model
-        if cfg.lora_r:
+        if cfg.lora_r:  # LoRA and the mask token's row merged into the weights
             model = model.merge_and_unload()
-            with torch.no_grad():
-                model.get_input_embeddings().weight[block.mask_token_id] = \
-                    module.mask_embedding.weight
         model.to(dtype).save_pretrained(out, safe_serialization=True)
         lm.tokenizer.save_pretrained(out)
     block.save(out)
     return out
-
-
-def apply_adapter(lm, directory: Path) -> None:
-    """Merge a LoRA adapter export into a loaded base NextBlockModel, in place."""
-    from peft import PeftModel
-
-    block = BlockConfig.load(directory)
-    if block.mask_token_id != lm.config.mask_token_id:
-        raise ConfigError(f"{directory}: adapter expects mask token id {block.mask_token_id}, "
-                          f"the base model has {lm.config.mask_token_id}")
-    with warnings.catch_warnings():  # peft's own deprecation notices are not the user's
-        warnings.simplefilter("ignore", FutureWarning)
-        model = PeftModel.from_pretrained(lm.model, str(directory)).merge_and_unload()
-    mask = load_file(directory / MASK_EMBEDDING_FILE)["mask_embedding"]
-    with torch.no_grad():
-        model.get_input_embeddings().weight[block.mask_token_id] = mask.to(
-            model.get_input_embeddings().weight.dtype)
-    lm.model, lm.config = model.eval(), block

@@ -81,6 +81,12 @@ class NoisyBatch:
     docs: torch.Tensor | None = None  # [B, L] document of each token (packed rows)
 
     @property
+    def counts(self) -> tuple[int, int]:
+        """(masked targets, AR targets): the token counts L_MDM and L_AR average over."""
+        n_ar = (self.loss_mask[:, 1:] & self.ar_rows[:, None]).sum()
+        return int(self.masked[:, 1:].sum()), int(n_ar)
+
+    @property
     def positions(self) -> torch.Tensor:
         """RoPE position ids, the same in both halves; each document starts at 0."""
         B, L = self.clean.shape

@@ -1,201 +1,58 @@
 """Continued training of an AR model into a context-causal block-diffusion model.
 
     nextblock adapt --data chat.jsonl --out runs/a --steps 400 --lora-r 16
-    accelerate launch --num_processes 2 -m nextblock.cli adapt ...   # several processes
+    accelerate launch --config_file scripts/accelerate/fsdp.yaml --num_processes 8 \
+        -m nextblock.cli adapt --config run.json          # several processes
 
-`accelerate` runs it on one or many processes (DDP; FSDP through an accelerate config).
-Every `save_every` steps a checkpoint is written atomically (a temporary directory, then a
-rename, then the `latest` pointer): trainable weights and optimizer state as safetensors,
-scheduler and step in JSON. The data order and the noise are functions of (seed, step), so
-`--resume` continues exactly where the run stopped.
+`accelerate` runs it on one or many processes and machines: DDP, FSDP2 (also on CPU
+processes, see make_accelerator) or DeepSpeed, as the launch config says. A step is one
+global batch (batch_size x grad_accum x processes rows) whose loss is normalised by the
+step's whole token counts, so any split of it gives the same gradient. Every `save_every`
+steps a checkpoint is written atomically (training.checkpoint). The data order and the
+noise are functions of (seed, step), so `--resume` continues exactly where the run
+stopped, on any process count that keeps the global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
 import os
-import shutil
+import re
 import sys
 import time
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..adapter import TOKEN_ROW, embedding_name, legacy_mask_row
 from ..errors import ConfigError
-from .curriculum import BlockCurriculum
+from ..modeling import shard_layer_calls
+from .adapt_config import LORA_TARGETS, AdaptConfig
+from .checkpoint import check_resume, load_checkpoint, resume_point, save_checkpoint
 from .data import collate, load_rows, parse_source, plan
-from .objective import ObjectiveSettings, noise, objective
-
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class AdaptConfig:
-    data: list[str] = field(default_factory=list)  # "path" or "path:weight"
-    out: str = "runs/adapt"
-    model: str | None = None
-    field: str | None = None  # record field (default: messages, else text)
-    seq_len: int = 256
-    batch_size: int = 2  # per process and micro-batch
-    grad_accum: int = 1
-    steps: int = 400
-    lr: float = 1e-4
-    warmup: int = 20
-    schedule: str = "cosine"  # cosine | wsd (constant, then linear decay over the last 20%)
-    weight_decay: float = 0.0
-    lora_r: int = 0  # 0: full fine-tuning
-    lora_alpha: int = 32
-    init_adapter: str | None = None  # start LoRA + mask embedding from an exported adapter
-    block_max: int = 4  # curriculum b(s) = min(b_max, b0 * r^floor(max(0, s - s0) / D))
-    block_start: int = 1  # b0
-    block_ratio: int = 2  # r
-    block_warmup: int = 0  # s0
-    block_stage_steps: int | None = None  # D; None: so that growth ends at block_growth_end
-    block_growth_end: float = 0.6  # fraction of the run where the last block size starts
-    ar_weight: float = 0.5
-    training_mask: str = "context_causal"  # or "block_causal" (ablation; ar_weight 0)
-    mask_schedule: str = "block"
-    inverse_t_weight: bool = False
-    complementary: bool = False
-    precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay fp32)
-    grad_checkpointing: bool = False
-    # long context: RoPE scaling for positions beyond the base window ("yarn:4" or a dict of
-    # RoPE parameters), text rows packed with document boundaries, attention path
-    rope_scaling: str | dict | None = None
-    pack_documents: bool = False
-    attention: str = "auto"  # auto | dense | chunked (see training.objective)
-    attention_chunk: int = 512
-    seed: int = 0
-    save_every: int = 50
-    keep: int = 2
-
-    def validated(self) -> "AdaptConfig":
-        if not self.data:
-            raise ConfigError("no training data: give --data PATH[:WEIGHT] at least once")
-        for name in ("seq_len", "batch_size", "grad_accum", "steps", "save_every", "keep",
-                     "block_max", "block_start"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"invalid {name}={v!r}: must be an integer >= 1")
-        if self.seq_len < self.block_max:
-            raise ConfigError(f"seq_len={self.seq_len} is smaller than the block size "
-                              f"{self.block_max}")
-        if self.schedule not in ("cosine", "wsd"):
-            raise ConfigError(f"invalid schedule={self.schedule!r}: cosine or wsd")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"invalid precision={self.precision!r}: fp32 or bf16")
-        if self.attention not in ("auto", "dense", "chunked"):
-            raise ConfigError(f"invalid attention={self.attention!r}: auto, dense or chunked")
-        if self.attention_chunk < 1:
-            raise ConfigError(f"invalid attention_chunk={self.attention_chunk!r}: must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"invalid lr={self.lr!r}: must be > 0")
-        self.objective_settings()  # ar_weight, training_mask, ... checked where defined
-        for spec in self.data:  # before the model loads: a typo should not cost a minute
-            path, _ = parse_source(spec)
-            if not Path(path).exists():
-                raise ConfigError(f"data: {path} does not exist")
-        return self
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike, **overrides) -> "AdaptConfig":
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config ({e})") from None
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-        for k, v in d.items():
-            _check_type(cls, k, v, str(path))
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**d)
-
-    def curriculum(self) -> BlockCurriculum:
-        if self.block_stage_steps is not None:
-            return BlockCurriculum(b0=self.block_start, r=self.block_ratio, b_max=self.block_max,
-                                   s0=self.block_warmup, D=self.block_stage_steps)
-        return BlockCurriculum.for_run(self.steps, b_max=self.block_max, b0=self.block_start,
-                                       r=self.block_ratio, s0=self.block_warmup,
-                                       end_fraction=self.block_growth_end)
-
-    def objective_settings(self) -> ObjectiveSettings:
-        return ObjectiveSettings(ar_weight=self.ar_weight, mask_schedule=self.mask_schedule,
-                                 inverse_t_weight=self.inverse_t_weight,
-                                 complementary=self.complementary, attention=self.attention,
-                                 attention_chunk=self.attention_chunk,
-                                 training_mask=self.training_mask)
-
-
-def _matches(v, tp) -> bool:
-    """isinstance for the annotations AdaptConfig uses (int, float, str, bool, list[str],
-    dict, unions with None); an int is a float, a bool is not an int."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(v, t) for t in typing.get_args(tp))
-    if tp is type(None):
-        return v is None
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        return isinstance(v, list) and all(_matches(x, item) for x in v)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    return isinstance(v, origin or tp)
-
-
-def _check_type(cls, name: str, value, where: str) -> None:
-    tp = typing.get_type_hints(cls)[name]
-    if not _matches(value, tp):
-        want = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        raise ConfigError(f"{where}: {name}={value!r} has the wrong type: expected {want}")
-
-
-class MaskEmbedding(torch.nn.Module):
-    """A trainable embedding for the mask token alone, used when the embedding table is
-    frozen (LoRA): a forward hook puts it wherever the input is the mask token."""
-
-    def __init__(self, embed: torch.nn.Embedding, mask_token_id: int):
-        super().__init__()
-        self.mask_token_id = mask_token_id
-        self.weight = torch.nn.Parameter(embed.weight[mask_token_id].detach().clone())
-        embed.register_forward_hook(self._hook)
-
-    def _hook(self, module, args, out):
-        is_mask = (args[0] == self.mask_token_id).unsqueeze(-1)
-        return torch.where(is_mask, self.weight.to(out.dtype), out)
+from .objective import NoisyBatch, ObjectiveSettings, noise, objective
 
 
 class TrainingModule(torch.nn.Module):
     """model + objective in one forward, so DDP/FSDP wrappers see the whole computation."""
 
-    def __init__(self, model, mask_token_id: int, lora: bool):
+    def __init__(self, model, no_split: list[str]):
         super().__init__()
         self.model = model
-        self.mask_token_id = mask_token_id
-        self.mask_embedding = (MaskEmbedding(model.get_input_embeddings(), mask_token_id)
-                               if lora else None)
+        self._no_split_modules = no_split  # what accelerate's FSDP auto-wrap shards by
 
-    def forward(self, ids, lengths, targets, offsets, docs, block_size: int, seeds: list[int],
-                settings: ObjectiveSettings, draw_len: int, checkpoint: bool = False):
-        gens = [torch.Generator().manual_seed(s) for s in seeds]  # one per row
-        batch = noise(ids, block_size, self.mask_token_id, settings, lengths=lengths,
-                      loss_mask=targets, generator=gens, offsets=offsets, draw_len=draw_len,
-                      docs=docs)
+    def forward(self, batch: NoisyBatch, settings: ObjectiveSettings, checkpoint: bool = False):
         return objective(self.model, batch, settings, checkpoint)
 
 
 def build_model(cfg: AdaptConfig, lm):
-    """The trainable module: LoRA adapters (+ mask embedding) or the full model, with the
-    run's RoPE scaling applied to the base model first."""
+    """The trainable module: LoRA adapters plus the mask token's embedding row (peft's
+    trainable tokens: with tied embeddings the head's row is the same one, as after the
+    merge), or the full model; the run's RoPE scaling applied to the base model first."""
     if cfg.rope_scaling is not None:
         from ..loading import parse_rope_scaling, set_rope_scaling
 
@@ -205,9 +62,11 @@ def build_model(cfg: AdaptConfig, lm):
     if cfg.lora_r:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=0.0, target_modules=LORA_TARGETS))
-    module = TrainingModule(model, lm.config.mask_token_id, lora=bool(cfg.lora_r))
+        rows = {embedding_name(model): [lm.config.mask_token_id]}
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+            target_modules=LORA_TARGETS, trainable_token_indices=rows))
+    module = TrainingModule(model, list(getattr(lm.model, "_no_split_modules", None) or []))
     if cfg.init_adapter:
         _init_from_adapter(module, Path(cfg.init_adapter))
     return module
@@ -217,20 +76,24 @@ def _init_from_adapter(module: TrainingModule, directory: Path) -> None:
     """Continue from an adapter that `nextblock export --adapter` wrote (same rank)."""
     from peft import set_peft_model_state_dict
 
-    from .export import MASK_EMBEDDING_FILE
-
-    if module.mask_embedding is None:
+    own = dict(module.model.named_parameters())
+    if not any("lora_" in n for n in own):
         raise ConfigError("init_adapter needs LoRA training (lora_r > 0)")
     try:
         weights = load_file(directory / "adapter_model.safetensors")
-        mask = load_file(directory / MASK_EMBEDDING_FILE)["mask_embedding"]
+        legacy = legacy_mask_row(directory)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"init_adapter {directory}: not a nextblock adapter "
                           f"({str(e).splitlines()[0]})") from None
-    own = module.model.state_dict()
+    if legacy is not None:  # an older export: the row in a file of its own
+        row = next(n for n in own if TOKEN_ROW in n).removesuffix(".default")
+        weights[row] = legacy[None]
+    if not any(TOKEN_ROW in k for k in weights):
+        raise ConfigError(f"init_adapter {directory}: not a nextblock adapter (no trained "
+                          "mask-token row)")
     for k, v in weights.items():  # peft stores names without the adapter name
-        name = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
-            ".lora_B.weight", ".lora_B.default.weight")
+        name = re.sub(r"\.(lora_A|lora_B)\.weight$", r".\1.default.weight", k)
+        name = name + ".default" if name.endswith(TOKEN_ROW) else name
         if name in own and own[name].shape != v.shape:
             raise ConfigError(f"init_adapter {directory}: {k} has shape {tuple(v.shape)}, "
                               f"this run's LoRA expects {tuple(own[name].shape)} (lora_r?)")
@@ -238,163 +101,19 @@ def _init_from_adapter(module: TrainingModule, directory: Path) -> None:
     if getattr(result, "unexpected_keys", None):
         raise ConfigError(f"init_adapter {directory}: unexpected weights "
                           f"{result.unexpected_keys[0]}")
-    with torch.no_grad():
-        module.mask_embedding.weight.copy_(mask.float())
 
 
-def lr_lambda(cfg: AdaptConfig):
-    def f(step):
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        if cfg.schedule == "cosine":
-            p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-        decay_start = int(cfg.steps * 0.8)
-        if step < decay_start:
-            return 1.0
-        return max(0.0, 1 - (step - decay_start) / max(1, cfg.steps - decay_start))
-    return f
+def make_schedule(cfg: AdaptConfig, opt):
+    """The learning-rate schedule, from transformers: cosine to 10% of the peak, or WSD
+    (warmup, constant, linear decay to 0 over the last 20% of the steps)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_wsd_schedule
 
-
-# ---- checkpoints -----------------------------------------------------------------------
-
-def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in module.named_parameters()
-            if p.requires_grad}
-
-
-def _optimizer_tensors(opt) -> tuple[dict, dict]:
-    sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() for i, st in sd["state"].items()
-               for k, v in st.items() if torch.is_tensor(v)}
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def save_checkpoint(out: Path, step: int, module, opt, sched, cfg, extra: dict) -> Path:
-    """Write checkpoints/step-N atomically and point `latest` at it; keep the newest cfg.keep."""
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(module), tmp / "trainable.safetensors")
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    state = {"step": step, "config": dataclasses.asdict(cfg), "scheduler": sched.state_dict(),
-             "optimizer": opt_meta, **extra}
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = root / "latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / "latest")
-    for old in sorted(root.glob("step-*"))[:-cfg.keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = Path(out) / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    if not (path / "state.json").exists():
-        raise ConfigError(f"{pointer} points to {path}, which is not a complete checkpoint")
-    return path
-
-
-# settings a resumed run may change: they alter neither the data order, the noise, the
-# model nor the optimizer state (steps: the schedule is re-planned, and said so)
-RESUMABLE_CHANGES = {"steps", "save_every", "keep", "out"}
-
-
-def check_resume(out: Path, cfg: AdaptConfig, step: int) -> None:
-    """Refuse a resumption whose settings differ from the stored run's in a way that breaks
-    exact continuation; name every such field."""
-    path = out / "config.json"
-    if not path.exists():
-        return
-    stored = json.loads(path.read_text())
-    now = dataclasses.asdict(cfg)
-    changed = sorted(k for k in now if k in stored and stored[k] != now[k]
-                     and k not in RESUMABLE_CHANGES)
-    if changed:
-        diffs = ", ".join(f"{k} {stored[k]!r} -> {now[k]!r}" for k in changed)
-        raise ConfigError(f"--resume: {out} was trained with other settings ({diffs}); an "
-                          "exact continuation needs the same ones (only steps, save_every "
-                          "and keep may change); start a new --out to train differently")
-    if cfg.steps < step:
-        raise ConfigError(f"--resume: steps={cfg.steps} is below the checkpoint's step {step}")
-    if cfg.steps != stored.get("steps"):
-        print(f"note: steps {stored.get('steps')} -> {cfg.steps}: the {cfg.schedule} "
-              f"schedule is re-planned over {cfg.steps} steps from step {step}",
-              file=sys.stderr)
-
-
-def previous_checkpoint(out: Path, broken: Path) -> Path | None:
-    older = [p for p in sorted((Path(out) / "checkpoints").glob("step-*")) if p < broken]
-    return older[-1] if older else None
-
-
-def resume_point(out: Path, which: str) -> Path | None:
-    """The checkpoint `--resume [latest|previous]` continues from. A broken latest one is
-    named, with the intact one before it offered, never used silently."""
-    ckpt = latest_checkpoint(out)
-    if ckpt is None:
-        return None
-    broken = _broken_file(ckpt)
-    if broken is None and which == "latest":
-        return ckpt
-    prev = previous_checkpoint(out, ckpt)
-    if which == "previous":
-        if prev is None or _broken_file(prev) is not None:
-            raise ConfigError(f"--resume previous: no intact checkpoint before {ckpt.name}")
-        print(f"note: resuming from {prev.name}, the checkpoint before {ckpt.name}",
-              file=sys.stderr)
-        return prev
-    hint = (f"; `--resume previous` continues from {prev.name}" if prev is not None
-            and _broken_file(prev) is None else "; no intact checkpoint before it")
-    raise ConfigError(f"{broken}: the latest checkpoint is corrupt{hint}")
-
-
-def _broken_file(ckpt: Path) -> Path | None:
-    """The first file of a checkpoint that cannot be read, or None."""
-    from safetensors import safe_open
-    for name in ("trainable.safetensors", "optimizer.safetensors"):
-        try:
-            with safe_open(str(ckpt / name), "pt"):  # checks header and file length
-                pass
-        except Exception:  # noqa: BLE001 - any reason it cannot be read
-            return ckpt / name
-    try:
-        json.loads((ckpt / "state.json").read_text())["step"]
-    except Exception:  # noqa: BLE001
-        return ckpt / "state.json"
-    return None
-
-
-def load_checkpoint(path: Path, module, opt, sched) -> dict:
-    try:
-        weights = load_file(path / "trainable.safetensors")
-        opt_tensors = load_file(path / "optimizer.safetensors")
-        state = json.loads((path / "state.json").read_text())
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{path}: corrupt checkpoint ({str(e).splitlines()[0]})") from None
-    params = dict(module.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise ConfigError(f"{path}: checkpoint does not match the model ({missing[0]})")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    sd = {"state": {}, "param_groups": state["optimizer"]["param_groups"]}
-    for key, t in opt_tensors.items():
-        i, k = key.split(".", 1)
-        sd["state"].setdefault(int(i), {})[k] = t
-    opt.load_state_dict(sd)
-    sched.load_state_dict(state["scheduler"])
-    return state
+    if cfg.schedule == "cosine":
+        return get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup, cfg.steps,
+                                                            min_lr_rate=0.1)
+    decay = cfg.steps - int(cfg.steps * 0.8)
+    return get_wsd_schedule(opt, cfg.warmup, decay, decay_type="linear",
+                            num_stable_steps=max(0, cfg.steps - cfg.warmup - decay))
 
 
 # ---- the loop --------------------------------------------------------------------------
@@ -405,6 +124,188 @@ def _log_line(m: dict) -> str:
             f"lr {m['lr']:.2e} | {m['tokens_per_s']:.0f} tok/s")
 
 
+def make_accelerator(cfg: AdaptConfig):
+    """accelerate's Accelerator for this launch (one process, DDP, FSDP or DeepSpeed, as
+    `accelerate launch --config_file ...` set it up)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+                      cpu=not torch.cuda.is_available())
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp and acc.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate (1.16, state.py) turns FSDP on only for accelerator devices: CPU
+        # processes would silently run DDP. torch's FSDP2 (fully_shard) works with gloo, so
+        # they are handed accelerate's own FSDP2 path, the code a GPU run takes.
+        plugin = FullyShardedDataParallelPlugin()  # reads the launch config's FSDP_* settings
+        if plugin.fsdp_version != 2:
+            raise ConfigError("FSDP on CPU processes needs fsdp_version: 2 in the accelerate "
+                              "config (scripts/accelerate/fsdp.yaml)")
+        acc.state.distributed_type, acc.state.fsdp_plugin = DistributedType.FSDP, plugin
+    if acc.distributed_type == DistributedType.DEEPSPEED and cfg.grad_accum > 1:
+        raise ConfigError("grad_accum > 1 under DeepSpeed: DeepSpeed scales every micro-batch "
+                          "itself; raise batch_size instead (untested here: no GPU)")
+    return acc
+
+
+def parallelism(acc, module) -> str:
+    """How this launch trains, read from the prepared module itself: fsdp2 (DTensor
+    shards), ddp, deepspeed or single."""
+    from accelerate.utils import DistributedType
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in module.parameters()):
+        return "fsdp2"
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        return "deepspeed"
+    return "ddp" if isinstance(module, torch.nn.parallel.DistributedDataParallel) else "single"
+
+
+def _resume_checkpoint(cfg: AdaptConfig, resume, overwrite: bool, processes: int):
+    """The checkpoint to continue from (None: a fresh run), after every refusal that can
+    be made before the model loads."""
+    out = Path(cfg.out)
+    if resume and cfg.model is None and (out / "config.json").exists():
+        cfg.model = json.loads((out / "config.json").read_text()).get("model")
+    if cfg.model is None:  # record which model "default" meant, for resume and export
+        from ..loading import default_adapter
+
+        cfg.model = "default" if default_adapter() else "default-base"
+    if not resume:
+        if not overwrite and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
+            raise ConfigError(f"{out} already holds a run: continue it with --resume, or "
+                              "replace it with --overwrite")
+        return None
+    ckpt = resume_point(out, "latest" if resume is True else resume)
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text())
+        check_resume(out, cfg, state["step"], processes, state.get("processes", 1))
+        if (ckpt / "deepspeed").exists() and processes != state.get("processes", 1):
+            raise ConfigError(f"{ckpt}: DeepSpeed's partitioned state resumes only on the "
+                              f"{state['processes']} processes that wrote it")
+    return ckpt
+
+
+@dataclass
+class StepData:
+    """Which rows every micro-batch of a step holds: a function of (seed, step) alone, so a
+    step covers the same rows with the same noise on any process count and accumulation
+    that keep batch_size x grad_accum x processes."""
+
+    rows: list[list]
+    order: list[tuple[int, int]]
+    pad: int
+    mask_token_id: int
+    world: int
+    rank: int
+
+    @classmethod
+    def load(cls, cfg: AdaptConfig, lm, world: int, rank: int) -> "StepData":
+        if cfg.seq_len > lm.context_length:
+            raise ConfigError(f"seq_len={cfg.seq_len} is longer than the model's context "
+                              f"({lm.context_length} positions); extend it with rope_scaling, "
+                              f"e.g. \"yarn:{-(-cfg.seq_len // lm.context_length)}\"")
+        sources = [parse_source(d) for d in cfg.data]
+        rows = [load_rows(path, lm.tokenizer, cfg.seq_len, cfg.field, cfg.pack_documents)
+                for path, _ in sources]
+        per_step = cfg.grad_accum * cfg.batch_size * world
+        order = plan([len(r) for r in rows], [w for _, w in sources], cfg.steps * per_step,
+                     cfg.seed)
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        return cls(rows, order, pad, lm.config.mask_token_id, world, rank)
+
+    def micro_batches(self, cfg: AdaptConfig, step: int, block_size: int,
+                      settings: ObjectiveSettings, device) -> list[NoisyBatch]:
+        out = []
+        for micro in range(cfg.grad_accum):
+            first = ((step * cfg.grad_accum + micro) * self.world + self.rank) * cfg.batch_size
+            picked = self.order[first:first + cfg.batch_size]
+            ids, lengths, targets, offsets, docs = (
+                None if t is None else t.to(device)
+                for t in collate([self.rows[s][r] for s, r in picked], self.pad))
+            gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + first + i)
+                    for i in range(len(picked))]  # one per row: its noise is its own
+            out.append(noise(ids, block_size, self.mask_token_id, settings, lengths=lengths,
+                             loss_mask=targets, generator=gens, offsets=offsets,
+                             draw_len=cfg.seq_len, docs=docs))
+        return out
+
+
+def train_step(module, acc, opt, sched, params, batches: list[NoisyBatch],
+               settings: ObjectiveSettings, checkpoint: bool) -> tuple[torch.Tensor, float]:
+    """One optimizer step. Each loss is normalised by the token counts of the whole step
+    (every micro-batch of every process), so accumulation and processes give the gradient
+    of one big batch. This is transformers' Trainer's num_items_in_batch; accelerate's
+    `accumulate` would divide each micro-batch's own mean by the number of micro-batches.
+    Gradients are reduced across processes on the last micro-batch only (no_sync before).
+    Returns the step's metrics summed over processes [mdm_sum, n_masked, ar_sum, n_ar,
+    n_correct, real tokens] and the gradient norm before clipping."""
+    counts = torch.tensor([sum(b.counts[i] for b in batches) for i in (0, 1)],
+                          dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        counts = acc.reduce(counts, "sum")
+    n_masked, n_ar = int(counts[0]), int(counts[1])
+    sums = torch.zeros(6, dtype=torch.float64)
+    for i, batch in enumerate(batches):
+        last = i == len(batches) - 1
+        with contextlib.nullcontext() if last else acc.no_sync(module):
+            o = module(batch, settings, checkpoint)
+            # DDP and FSDP average gradients over processes: * processes makes it a sum
+            acc.backward(o.total(n_masked, n_ar) * acc.num_processes)
+        tokens = batch.lengths[batch.ar_rows].sum()  # complementary copies not twice
+        sums += torch.tensor([o.mdm_sum.item(), o.n_masked, o.ar_sum.item(), o.n_ar,
+                              o.n_correct, tokens.item()], dtype=torch.float64)
+    norm = acc.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    if acc.num_processes > 1:
+        sums = acc.reduce(sums.to(acc.device), "sum").cpu()
+    return sums, float(norm)
+
+
+def _metrics_record(step: int, b: int, sums: torch.Tensor, seen: int, norm: float, lr: float,
+                    seconds: float, ar_weight: float) -> dict:
+    mdm, ar = float(sums[0] / max(1, sums[1])), float(sums[2] / max(1, sums[3]))
+    return {"step": step + 1, "block_size": b, "loss": mdm + ar_weight * ar, "mdm_loss": mdm,
+            "ar_loss": ar, "masked_acc": float(sums[4] / max(1, sums[1])),
+            "n_masked": int(sums[1]), "grad_norm": norm, "lr": lr,
+            "tokens_per_s": float(sums[5]) / seconds, "tokens_seen": seen}
+
+
+class RunLog:
+    """metrics.jsonl (cut back to the step a resumed run continues from), config.json, and
+    the progress: rich's bar in a terminal, one plain line per step otherwise."""
+
+    def __init__(self, out: Path, cfg: AdaptConfig, start: int, main: bool, progress: bool):
+        self.path, self.main = out / "metrics.jsonl", main
+        self.show, self.seen = progress and main, 0
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if json.loads(ln)["step"] <= start] if self.path.exists() else []
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+            (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+            # real (unpadded) tokens so far, for learning curves
+            self.seen = json.loads(kept[-1]).get("tokens_seen", 0) if kept else 0
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.use_bar = self.show and sys.stdout.isatty()
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                            disable=not self.use_bar)
+        self.task = self.bar.add_task("adapt", total=cfg.steps, completed=start)
+
+    def write(self, rec: dict) -> None:
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self.bar.update(self.task, advance=1, description=_log_line(rec))
+        if self.show and not self.use_bar:
+            print(_log_line(rec), flush=True)
+
+
 def adapt(cfg: AdaptConfig, resume: bool | str = False, progress: bool = True,
           stop_at: int | None = None, overwrite: bool = False) -> list[dict]:
     """Run (or resume) an adaptation; returns this call's metrics records. `stop_at` ends
@@ -412,117 +313,54 @@ def adapt(cfg: AdaptConfig, resume: bool | str = False, progress: bool = True,
     cfg.steps; a resumed run continues from the last checkpoint exactly). `resume`: True or
     "latest", or "previous" (the checkpoint before a corrupt latest one). An existing run
     in cfg.out is never overwritten unless `overwrite`."""
-    from accelerate import Accelerator
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..loading import default_adapter, load
+    from ..loading import load
 
     cfg.validated()
     out = Path(cfg.out)
-    if resume and cfg.model is None and (out / "config.json").exists():
-        cfg.model = json.loads((out / "config.json").read_text()).get("model")
-    if cfg.model is None:  # record which model "default" meant, for resume and export
-        cfg.model = "default" if default_adapter() else "default-base"
-    ckpt = None
-    if resume:
-        ckpt = resume_point(out, "latest" if resume is True else resume)
-        if ckpt is not None:
-            check_resume(out, cfg, json.loads((ckpt / "state.json").read_text())["step"])
-    elif not overwrite and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
-        raise ConfigError(f"{out} already holds a run: continue it with --resume, or replace "
-                          "it with --overwrite")
-    acc = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no",
-                      cpu=not torch.cuda.is_available())
+    acc = make_accelerator(cfg)
+    world = acc.num_processes
+    ckpt = _resume_checkpoint(cfg, resume, overwrite, world)
     lm = load(cfg.model, dtype="float32")  # trained in float32; the engine is for inference
     torch.manual_seed(cfg.seed)
     module = build_model(cfg, lm)
-    if cfg.seq_len > lm.context_length:
-        raise ConfigError(f"seq_len={cfg.seq_len} is longer than the model's context "
-                          f"({lm.context_length} positions); extend it with rope_scaling, "
-                          f"e.g. \"yarn:{-(-cfg.seq_len // lm.context_length)}\"")
-    sources = [parse_source(d) for d in cfg.data]
-    rows = [load_rows(path, lm.tokenizer, cfg.seq_len, cfg.field, cfg.pack_documents)
-            for path, _ in sources]
-    world, rank = acc.num_processes, acc.process_index
-    per_step = cfg.grad_accum * cfg.batch_size * world
-    order = plan([len(r) for r in rows], [w for _, w in sources], cfg.steps * per_step, cfg.seed)
-
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    start = 0
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, module, opt, sched)["step"]
+    data = StepData.load(cfg, lm, world, acc.process_index)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    sched = make_schedule(cfg, opt)
     module, opt = acc.prepare(module, opt)
-    inner = acc.unwrap_model(module)
-
-    metrics_path = out / "metrics.jsonl"
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        kept = [ln for ln in metrics_path.read_text().splitlines()
-                if json.loads(ln)["step"] <= start] if metrics_path.exists() else []
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    # real (unpadded) tokens of every step so far, for learning curves; a resumed run
-    # continues the count from its metrics
-    seen = json.loads(kept[-1]).get("tokens_seen", 0) if acc.is_main_process and kept else 0
+    inner = acc.unwrap_model(module)  # FSDP2 shards in place: the same module
+    shard_layer_calls(inner.model)
+    params = [p for p in module.parameters() if p.requires_grad]  # FSDP: the sharded ones
+    raw_opt = getattr(opt, "optimizer", opt)
+    mode = parallelism(acc, module)
+    ds = (acc, module) if mode == "deepspeed" else None
+    start = load_checkpoint(ckpt, inner, raw_opt, sched, ds)["step"] if ckpt is not None else 0
+    log = RunLog(out, cfg, start, acc.is_main_process, progress)
+    if acc.is_main_process and progress:
+        print(f"adapt: {world} process(es), {mode}; "
+              f"{cfg.batch_size * cfg.grad_accum * world} rows of up to {cfg.seq_len} "
+              f"tokens a step ({cfg.batch_size} x {cfg.grad_accum} accumulated x {world})",
+              file=sys.stderr)
     curriculum, settings = cfg.curriculum(), cfg.objective_settings()
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     records = []
-    show = progress and acc.is_main_process
-    use_bar = show and sys.stdout.isatty()  # else (logs, CI): one plain line per step
-    bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                   disable=not use_bar)
-    task = bar.add_task("adapt", total=cfg.steps, completed=start)
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-    with bar:
+    with log.bar:
         for step in range(start, end):
             t0, b = time.perf_counter(), curriculum.block_size(step)
-            sums = torch.zeros(5)  # mdm_sum, n_masked, ar_sum, n_ar, n_correct
-            tokens = 0
-            for micro in range(cfg.grad_accum):
-                first = ((step * cfg.grad_accum + micro) * world + rank) * cfg.batch_size
-                picked = order[first:first + cfg.batch_size]
-                ids, lengths, targets, offsets, docs = collate(
-                    [rows[s][r] for s, r in picked], pad)
-                seeds = [cfg.seed * 1_000_003 + first + i for i in range(len(picked))]
-                o = module(ids.to(acc.device), lengths.to(acc.device), targets.to(acc.device),
-                           offsets.to(acc.device), None if docs is None else docs.to(acc.device),
-                           b, seeds, settings, cfg.seq_len, cfg.grad_checkpointing)
-                counts = torch.tensor([o.n_masked, o.n_ar], dtype=torch.float64,
-                                      device=acc.device)
-                counts = acc.reduce(counts, "sum") if world > 1 else counts
-                loss = o.total(int(counts[0]), int(counts[1])) * world / cfg.grad_accum
-                acc.backward(loss)
-                sums += torch.tensor([o.mdm_sum.item(), o.n_masked, o.ar_sum.item(), o.n_ar,
-                                      o.n_correct])
-                tokens += int(lengths.sum())
-            acc.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if world > 1:
-                sums = acc.reduce(sums.to(acc.device), "sum").cpu()
-                tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), "sum"))
-            mdm = float(sums[0] / max(1, sums[1]))
-            ar = float(sums[2] / max(1, sums[3]))
-            seen += tokens
-            rec = {"step": step + 1, "block_size": b, "loss": mdm + cfg.ar_weight * ar,
-                   "mdm_loss": mdm, "ar_loss": ar, "masked_acc": float(sums[4] / max(1, sums[1])),
-                   "n_masked": int(sums[1]), "lr": sched.get_last_lr()[0],
-                   "tokens_per_s": tokens / (time.perf_counter() - t0), "tokens_seen": seen}
+            batches = data.micro_batches(cfg, step, b, settings, acc.device)
+            sums, norm = train_step(module, acc, opt, sched, params, batches, settings,
+                                    cfg.grad_checkpointing)
+            log.seen += int(sums[5])
+            rec = _metrics_record(step, b, sums, log.seen, norm, sched.get_last_lr()[0],
+                                  time.perf_counter() - t0, cfg.ar_weight)
             records.append(rec)
-            if acc.is_main_process:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                bar.update(task, advance=1, description=_log_line(rec))
-                if show and not use_bar:
-                    print(_log_line(rec), flush=True)
-                if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                    save_checkpoint(out, step + 1, inner, opt, sched, cfg,
-                                    {"block_size": b, "trained_block_sizes":
-                                     [size for _, size in curriculum.stages(step + 1)]})
+            log.write(rec)
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                save_checkpoint(out, step + 1, inner, raw_opt, sched, cfg,
+                                {"block_size": b, "processes": world, "parallelism": mode,
+                                 "trained_block_sizes":
+                                 [size for _, size in curriculum.stages(step + 1)]},
+                                main=acc.is_main_process, deepspeed=ds)
             acc.wait_for_everyone()
     if acc.is_main_process and end == cfg.steps:
         plot_metrics(out)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nextblock.errors import ConfigError
+from nextblock.training import checkpoint as ck
 from nextblock.training import trainer as tr
 from nextblock.training.data import DataError
 from nextblock.training.trainer import AdaptConfig, adapt
@@ -59,9 +60,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(setup, lora):
 def test_interrupted_checkpoint_write_keeps_the_previous_one(setup, monkeypatch):
     cfg = config(setup, "atomic", steps=4)
     adapt(cfg, progress=False, stop_at=2)
-    ckpt = tr.latest_checkpoint(cfg.out)
+    ckpt = ck.latest_checkpoint(cfg.out)
     assert ckpt.name == "step-0000002"
-    real = tr.save_file
+    real = ck.save_file
 
     def dies_half_way(tensors, path):
         if path.name == "optimizer.safetensors":
@@ -69,11 +70,11 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(setup, monkeypatch)
             raise KeyboardInterrupt("killed while writing")
         real(tensors, path)
 
-    monkeypatch.setattr(tr, "save_file", dies_half_way)
+    monkeypatch.setattr(ck, "save_file", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         adapt(cfg, progress=False, resume=True)
-    monkeypatch.setattr(tr, "save_file", real)
-    assert tr.latest_checkpoint(cfg.out) == ckpt  # the pointer still names step 2
+    monkeypatch.setattr(ck, "save_file", real)
+    assert ck.latest_checkpoint(cfg.out) == ckpt  # the pointer still names step 2
     rest = adapt(cfg, progress=False, resume=True)
     assert [r["step"] for r in rest] == [3, 4]
 
@@ -81,7 +82,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(setup, monkeypatch)
 def test_corrupt_checkpoint_is_reported(setup):
     cfg = config(setup, "corrupt", steps=2)
     adapt(cfg, progress=False)
-    f = tr.latest_checkpoint(cfg.out) / "optimizer.safetensors"
+    f = ck.latest_checkpoint(cfg.out) / "optimizer.safetensors"
     f.write_bytes(f.read_bytes()[:50])
     with pytest.raises(ConfigError, match="optimizer.safetensors: the latest checkpoint is "
                        "corrupt; no intact"):
@@ -92,7 +93,7 @@ def test_corrupt_latest_checkpoint_offers_the_previous_one(setup):
     cfg = config(setup, "corrupt2", steps=4, keep=3)
     full = adapt(config(setup, "corrupt2_ref", steps=4, keep=3), progress=False)
     adapt(cfg, progress=False)
-    f = tr.latest_checkpoint(cfg.out) / "trainable.safetensors"
+    f = ck.latest_checkpoint(cfg.out) / "trainable.safetensors"
     f.write_bytes(f.read_bytes()[:-20])
     with pytest.raises(ConfigError, match="step-0000004/trainable.safetensors.*"
                        "`--resume previous` continues from step-0000002"):
@@ -163,3 +164,71 @@ def test_bad_inputs(setup, tmp_path):
         adapt(config(setup, "e4", field="body"), progress=False)
     with pytest.raises(ConfigError, match="no training data"):
         adapt(config(setup, "e5", data=[]), progress=False)
+
+
+_ADAMW_STEP = torch.optim.AdamW.step
+
+
+def _record_gradients(monkeypatch):
+    """The gradients every optimizer step applies, in parameter order."""
+    seen, real = [], _ADAMW_STEP
+
+    def step(self, *a, **kw):
+        seen.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return seen
+
+
+def test_accumulation_equals_the_bigger_batch(setup, monkeypatch):
+    # rows of different lengths and noise: a mean of per-micro-batch means would differ
+    runs = {}
+    for name, kw in {"big": dict(batch_size=2), "acc": dict(batch_size=1, grad_accum=2)}.items():
+        grads = _record_gradients(monkeypatch)
+        recs = adapt(config(setup, f"accum-{name}", steps=3, block_start=4, **kw),
+                     progress=False)
+        runs[name] = recs, grads
+    (big, g_big), (acc, g_acc) = runs["big"], runs["acc"]
+    assert len(g_big) == len(g_acc) == 3
+    for a, b in zip(big, acc):
+        assert a["n_masked"] == b["n_masked"]
+        for key in ("loss", "mdm_loss", "ar_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    for step_a, step_b in zip(g_big, g_acc):
+        for x, y in zip(step_a, step_b):
+            assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_on_another_split_of_the_same_global_batch(setup):
+    full = adapt(config(setup, "split-ref", steps=4, block_start=4), progress=False)
+    adapt(config(setup, "split", steps=4, block_start=4), progress=False, stop_at=2)
+    rest = adapt(config(setup, "split", steps=4, block_start=4, batch_size=1, grad_accum=2),
+                 progress=False, resume=True)
+    assert [r["step"] for r in rest] == [3, 4]
+    assert rest[-1]["loss"] == pytest.approx(full[-1]["loss"], rel=1e-5)
+    with pytest.raises(ConfigError, match="batch_size 1 -> 4, grad_accum 2 -> 1"):
+        adapt(config(setup, "split", steps=6, block_start=4, batch_size=4), progress=False,
+              resume=True)
+    with pytest.raises(ConfigError, match="processes 1 -> 2"):
+        ck.check_resume(setup[2] / "split", config(setup, "split", steps=6), 4,
+                        processes=2, stored_processes=1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_schedules(schedule):
+    cfg = AdaptConfig(data=["x"], steps=100, warmup=10, lr=1.0, schedule=schedule)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = tr.make_schedule(cfg, opt)
+    lrs = []
+    for _ in range(cfg.steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)  # linear warmup
+    if schedule == "cosine":  # down to 10% of the peak
+        assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 0.1
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    else:  # constant, then linear to 0 over the last 20 steps
+        assert lrs[10:80] == [pytest.approx(1.0)] * 70
+        assert lrs[90] == pytest.approx(0.5) and opt.param_groups[0]["lr"] == pytest.approx(0.0)
