@@ -34,6 +34,17 @@ def tiny_model(family: str = "llama", seed: int = 0, vocab: int = VOCAB, **overr
     return model
 
 
+def peaked_model(family: str = "llama", seed: int = 0, scale: float = 40.0, **overrides):
+    """A tiny random model whose head is scaled up, so its distributions are peaked: a
+    random one's top probability is about 0.016, so every threshold above that fills one
+    token a step; here thresholds 0.3-0.9 fill 2 .. B-2 of a block's masks in some steps
+    and not in others (partial steps, rows filling different counts)."""
+    model = tiny_model(family, seed=seed, **overrides)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(scale)
+    return model
+
+
 def random_prompts(lengths, seed=0, low=3, high=VOCAB - 1):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(low, high, (n,), generator=g).tolist() for n in lengths]
@@ -58,9 +69,11 @@ def word_tokenizer(words=None, chat=True):
     return tok
 
 
-def save_tiny(path, family="llama", words=None, **overrides):
-    """A tiny model + word tokenizer saved as a Hugging Face directory (safetensors)."""
-    model = tiny_model(family, **overrides)
+def save_tiny(path, family="llama", words=None, scale=None, **overrides):
+    """A tiny model + word tokenizer saved as a Hugging Face directory (safetensors);
+    `scale`: a peaked one (peaked_model)."""
+    model = (tiny_model(family, **overrides) if scale is None
+             else peaked_model(family, scale=scale, **overrides))
     tok = word_tokenizer(words)
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)

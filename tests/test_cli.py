@@ -31,7 +31,8 @@ def test_generate_streams_plain_text(model_dir, capsys):
                "--max-new-tokens", "6"])
     captured = capsys.readouterr()
     assert rc == 0 and len(captured.out.split()) >= 1
-    assert "6 forwards" in captured.err or "tokens/forward" in captured.err
+    n = len(captured.out.split())  # AR: one forward per new token, the prefill's included
+    assert f"[ar] {n} tokens, {n} forwards, 1.00 tokens/forward" in captured.err
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -54,16 +55,26 @@ def test_empty_prompt_is_an_error(model_dir, capsys):
     assert "empty prompt" in capsys.readouterr().err
 
 
-def test_show_steps_prints_one_line_per_forward(model_dir, capsys):
-    rc = main(["generate", "w1 w2", "--model", model_dir, "--no-chat", "--mode", "block",
-               "--block-size", "4", "--threshold", "1.0", "--max-new-tokens", "8",
-               "--show-steps", "--json"])
-    assert rc == 0
+def test_show_steps_prints_one_line_per_forward(tmp_path, capsys):
+    """One definition of a forward: the step lines, the summary and the JSON record count
+    the same ones; a fused denoise step shares its commit's line ("commit+denoise")."""
+    peaked = str(save_tiny(tmp_path / "peaked", scale=40.0))  # confident: commits fuse
+    args = ["generate", "w10 w11", "--model", peaked, "--no-chat", "--mode", "block",
+            "--block-size", "4", "--threshold", "0.9", "--max-new-tokens", "24",
+            "--show-steps"]
+    assert main(args + ["--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
     record = json.loads(lines[-1])
     steps = [ln for ln in lines[:-1] if ln.strip()]
     assert len(steps) == record["forwards"] >= 2  # one line per forward pass
     assert "prefill" in steps[0] and "denoise" in steps[1]
+    fused = [ln for ln in steps if "commit+denoise" in ln]
+    assert len(fused) == record["fused_forwards_saved"] > 0
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    shown = [ln for ln in out.splitlines() if " prefill " in ln or " denoise " in ln
+             or " commit" in ln]
+    assert f"{len(shown)} forwards" in err and f"{record['forwards']} forwards" in err
 
 
 def test_trace_writes_a_replay_page(model_dir, tmp_path, capsys):

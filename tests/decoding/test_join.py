@@ -6,7 +6,7 @@ import torch
 
 from nextblock.config import DecodeSettings
 from nextblock.decoding.loop import Emit, Request, decode, run
-from tests.helpers import MASK, random_prompts, tiny_model
+from tests.helpers import MASK, peaked_model, random_prompts
 
 MODES = [dict(mode="ar"), dict(mode="block", block_size=4, threshold=0.6),
          dict(mode="block", block_size=4, threshold=0.3, temperature=0.9, seed=3),
@@ -32,7 +32,7 @@ def collect(events):
 
 @pytest.mark.parametrize("kw", MODES)
 def test_rows_with_their_own_budgets(kw):
-    model = tiny_model("llama", seed=5)
+    model = peaked_model("llama", seed=5)
     prompts = random_prompts([4, 9, 6], seed=3)
     budgets = [5, 13, 9]
     s = DecodeSettings(max_new_tokens=99, **kw).validated()
@@ -44,7 +44,7 @@ def test_rows_with_their_own_budgets(kw):
 
 @pytest.mark.parametrize("kw", MODES)
 def test_rows_join_and_leave_a_running_batch(kw):
-    model = tiny_model("qwen2", seed=6)
+    model = peaked_model("qwen2", seed=6)
     prompts = random_prompts([5, 3, 14, 8, 2], seed=4)
     s = DecodeSettings(max_new_tokens=16, **kw).validated()
     calls = {"n": 0}

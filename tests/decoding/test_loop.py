@@ -7,9 +7,8 @@ import torch
 
 from nextblock.config import DecodeSettings
 from nextblock.decoding.loop import Emit, Step, decode, run
-from nextblock.decoding.policies import policy_for
-from nextblock.decoding.sampling import Sampler, confidence
-from tests.helpers import MASK, random_prompts, tiny_model
+from nextblock.decoding.sampling import Sampler
+from tests.helpers import MASK, peaked_model, random_prompts, tiny_model
 
 
 def settings(**kw):
@@ -50,66 +49,114 @@ def _hf_logits(model, tokens, ctx, grid=None):
     return out.logits[0]
 
 
+def measure(p: torch.Tensor, token: int, kind: str) -> float:
+    """Confidence of one position from its distribution p [V] (system.md section 5)."""
+    if kind == "prob":
+        return float(p[token])
+    if kind == "margin":
+        top = torch.sort(p, descending=True).values
+        return float(top[0] - top[1])
+    return float(torch.special.xlogy(p, p).sum())  # negative entropy
+
+
+def reference_unmask(block: list[int], need: list[bool], probs, tokens, s) -> set[int]:
+    """The design's unmasking rule, written without nextblock.decoding: inside the current
+    sub-block (the one holding the first masked position; sub-blocks counted from the
+    anchor at position 0), the most confident masked position, plus every masked position
+    whose confidence exceeds the threshold. probs[j], tokens[j]: block position j."""
+    S = s.effective_sub_block
+    masked = [j for j, t in enumerate(block) if t == MASK and need[j]]
+    current = [j for j in masked if j // S == masked[0] // S]
+    conf = {j: measure(probs[j], tokens[j], s.confidence) for j in current}
+    best = max(current, key=lambda j: conf[j])  # the first of equals, like an argmax
+    return {best} | {j for j in current if conf[j] > s.threshold}
+
+
 def reference_decode(model, prompt, s, stop_ids=(), block_causal=False):
-    """Block decoding that recomputes the whole sequence from scratch at every step."""
-    policy, sampler = policy_for(s), Sampler(s, MASK, [s.seed])
-    B, gen = s.effective_block_size, []
+    """Block decoding that recomputes the whole sequence from scratch at every step, with
+    its own unmasking rule; only sampled settings draw through nextblock's Sampler (the
+    random stream is what makes them reproducible). Returns the tokens, the forward count
+    and how many tokens every denoise step filled."""
+    sampler = Sampler(s, MASK, [s.seed])
+
+    def choose(logits):  # [n, V] -> (probs [n, V], tokens [n])
+        if s.greedy:
+            probs = torch.softmax(logits.float().index_fill(-1, torch.tensor([MASK]),
+                                                            -torch.inf), dim=-1)
+            return probs, probs.argmax(-1)
+        probs = sampler.probs(logits[None], None)
+        return probs[0], sampler.choose(probs)[0]
+
+    B, gen, fills = s.effective_block_size, [], []
     grid = (len(prompt), B) if block_causal else None
-    pick = lambda logits: sampler.choose(sampler.probs(logits[None, None], None))[0, 0].item()
-    anchor = pick(_hf_logits(model, prompt, len(prompt))[-1])
+    anchor = int(choose(_hf_logits(model, prompt, len(prompt))[-1:])[1][0])
     forwards = 1
     while True:
         b = min(B, s.max_new_tokens - len(gen))
-        block = torch.tensor([[anchor] + [MASK] * (b - 1)])
+        block = [anchor] + [MASK] * (b - 1)
         ctx = len(prompt) + len(gen)
         while True:
-            need = block == MASK
-            stops = [j for j, t in enumerate(block[0].tolist()) if t in stop_ids]
-            if stops:
-                need[0, stops[0]:] = False
-            if not need.any():
+            stops = [j for j, t in enumerate(block) if t in stop_ids]
+            need = [j < stops[0] if stops else True for j in range(b)]
+            if not any(t == MASK and n for t, n in zip(block, need)):
                 break
-            logits = _hf_logits(model, prompt + gen + block[0].tolist(), ctx,
-                                grid)[ctx:ctx + b - 1]
-            probs = sampler.probs(logits[None], None)
-            tokens = sampler.choose(probs)
-            conf = confidence(probs, tokens, s.confidence)
-            conf = torch.cat([torch.full((1, 1), -torch.inf), conf], dim=1)
-            tokens = torch.cat([block[:, :1], tokens], dim=1)
-            block = torch.where(policy.select(conf, need), tokens, block)
+            probs, tokens = choose(_hf_logits(model, prompt + gen + block, ctx,
+                                              grid)[ctx:ctx + b - 1])
+            probs = torch.cat([torch.zeros_like(probs[:1]), probs])  # position 0: anchor
+            tokens = [block[0]] + tokens.tolist()
+            chosen = reference_unmask(block, need, probs, tokens, s)
+            block = [tokens[j] if j in chosen else t for j, t in enumerate(block)]
+            fills.append(len(chosen))
             forwards += 1
-        toks = block[0].tolist()
-        stops = [j for j, t in enumerate(toks) if t in stop_ids]
-        gen += toks[:stops[0] + 1] if stops else toks
+        stops = [j for j, t in enumerate(block) if t in stop_ids]
+        gen += block[:stops[0] + 1] if stops else block
         if stops or len(gen) >= s.max_new_tokens:
-            return gen, forwards
-        anchor = pick(_hf_logits(model, prompt + gen, len(prompt + gen), grid)[-1])
+            return gen, forwards, fills
+        anchor = int(choose(_hf_logits(model, prompt + gen, len(prompt + gen), grid)[-1:])[1][0])
         forwards += 1
 
 
-GRID = [
+GRID = [  # on a peaked model: the thresholds in (0, 1) fill 2 .. B-2 masks in some steps
     dict(block_size=4, threshold=0.9),
     dict(block_size=4, threshold=0.0),
     dict(block_size=8, sub_block=4, threshold=0.5),
     dict(block_size=8, sub_block=2, threshold=1.0, confidence="margin"),
+    dict(block_size=8, threshold=0.4, confidence="margin"),
     dict(block_size=6, threshold=-1.5, confidence="neg_entropy"),
     dict(block_size=4, threshold=0.3, temperature=0.8, top_p=0.9, top_k=20, seed=5),
 ]
+
+
+def partial(kw) -> bool:
+    """Whether a setting can fill some but not all of a sub-block's masks in a step."""
+    sub = kw.get("sub_block") or kw["block_size"]
+    return sub >= 4 and kw["threshold"] not in (0.0, 1.0)
 
 
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("kw", GRID)
 def test_cached_block_decoding_equals_full_recomputation(kw, fused):
     """Fused commit changes nothing but the forward count: a kept fused step is a denoise
-    step that rode along with the previous commit."""
-    model = tiny_model("llama", seed=3)
+    step that rode along with the previous commit; with it on, some steps must ride."""
+    model = peaked_model("llama", seed=3)
     s = settings(mode="block", max_new_tokens=19, fused_commit=fused, **kw)  # 19: not k*B
+    fills, fused_steps = [], 0
     for prompt in random_prompts([5, 11], seed=2):
         res = run(model, [prompt], s, mask_token_id=MASK)
-        ref, ref_forwards = reference_decode(model, prompt, s)
+        ref, ref_forwards, ref_fills = reference_decode(model, prompt, s)
         assert res.tokens[0] == ref
         assert len(ref) == 19 and res.forwards + res.fused == ref_forwards
-        assert res.fused == 0 or fused
+        fills += ref_fills
+        fused_steps += res.fused
+    if not fused:
+        assert fused_steps == 0
+    elif kw["threshold"] > 0.0:  # at 0 a block fills in one step, whose guess of the next
+        assert fused_steps > 0   # anchor saw only masks: it may never be confirmed
+    B = kw["block_size"]
+    if partial(kw):  # the rule is exercised where it matters: some steps fill 2 .. B-2
+        assert any(2 <= n <= B - 2 for n in fills), fills
+    elif kw["threshold"] == 1.0:
+        assert set(fills) == {1}
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -117,7 +164,7 @@ def test_cached_block_decoding_equals_full_recomputation(kw, fused):
 def test_block_causal_model_stores_blocks_bidirectionally(kw, fused):
     """A model trained with the block-causal mask (masks) decodes as if each committed block
     were re-read whole; the reference recomputes everything with that mask."""
-    model = tiny_model("llama", seed=3)
+    model = peaked_model("llama", seed=3)
     model.nextblock_attention = "block_causal"
     s = settings(mode="block", max_new_tokens=19, fused_commit=fused, **kw)
     prompts = random_prompts([5, 11, 8], seed=2)
@@ -135,7 +182,7 @@ def test_cached_block_decoding_stops_like_reference():
     free = run(model, [prompt], s, mask_token_id=MASK).tokens[0]
     stop = free[9]  # a token the model does produce: decoding must end at its first use
     res = run(model, [prompt], s, mask_token_id=MASK, stop_token_ids=[stop])
-    ref, _ = reference_decode(model, prompt, s, stop_ids=[stop])
+    ref = reference_decode(model, prompt, s, stop_ids=[stop])[0]
     assert res.tokens[0] == ref
     assert res.tokens[0][-1] == stop and stop not in res.tokens[0][:-1]
     assert res.finish_reasons == ["stop"]
@@ -155,17 +202,20 @@ def test_block_size_one_equals_ar():
     dict(mode="ar"),
     dict(mode="block", block_size=4, threshold=0.9),
     dict(mode="block", block_size=8, sub_block=4, threshold=0.6),
-    dict(mode="block", block_size=4, threshold=0.5, temperature=1.0, top_k=30, seed=11),
+    dict(mode="block", block_size=4, threshold=0.3, temperature=1.0, top_k=30, seed=11),
     dict(mode="block", block_size=4, threshold=0.0, fused_commit=True),
 ])
 def test_batch_equals_single(kw):
-    model = tiny_model("llama", seed=7)
+    model = peaked_model("llama", seed=7)
     prompts = random_prompts([3, 12, 7, 1], seed=5)
     s = settings(max_new_tokens=21, **kw)
     # a frequent token as stop token, so rows end at different blocks and leave the batch
     free = run(model, prompts[:1], s, mask_token_id=MASK).tokens[0]
     stop = [free[6]]
-    batch = run(model, prompts, s, mask_token_id=MASK, stop_token_ids=stop)
+    batch = run(model, prompts, s, mask_token_id=MASK, stop_token_ids=stop, trace=True)
+    if kw["mode"] == "block" and 0 < kw["threshold"] < 1:  # rows of one step fill unequally
+        assert any(len({len(f) for f in st.filled.values()}) > 1
+                   for st in batch.trace if st.kind == "denoise")
     singles = [run(model, [p], s, mask_token_id=MASK, stop_token_ids=stop) for p in prompts]
     assert batch.tokens == [r.tokens[0] for r in singles]
     assert batch.finish_reasons == [r.finish_reasons[0] for r in singles]

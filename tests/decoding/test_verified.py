@@ -7,7 +7,7 @@ import torch
 from nextblock.config import DecodeSettings
 from nextblock.decoding.loop import run
 from nextblock.decoding.sampling import Sampler
-from tests.helpers import MASK, random_prompts, tiny_model
+from tests.helpers import MASK, peaked_model, random_prompts, tiny_model
 
 
 def settings(**kw):
@@ -23,7 +23,7 @@ def settings(**kw):
     dict(block_size=6, threshold=0.3, repetition_penalty=1.3),
 ])
 def test_verified_greedy_equals_ar(family, kw):
-    model = tiny_model(family, seed=11)
+    model = peaked_model(family, seed=11)
     prompts = random_prompts([5, 12, 1], seed=8)
     extra = {k: v for k, v in kw.items() if k == "repetition_penalty"}
     ar = run(model, prompts, settings(mode="ar", max_new_tokens=23, **extra),
@@ -37,7 +37,7 @@ def test_verified_greedy_equals_ar(family, kw):
 def test_verified_batch_with_stops_equals_single_and_ar():
     """Rows accept different numbers of drafts (holes in the shared cache) and stop at
     different blocks; each still gets exactly its AR output."""
-    model = tiny_model("llama", seed=7)
+    model = peaked_model("llama", seed=7)
     prompts = random_prompts([3, 12, 7, 1, 9], seed=5)
     ar = settings(mode="ar", max_new_tokens=30)
     free = run(model, prompts[:1], ar, mask_token_id=MASK).tokens[0]

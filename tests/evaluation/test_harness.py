@@ -39,8 +39,14 @@ def test_loglikelihood_equals_direct_log_probs(model):
         assert ll == pytest.approx(direct, abs=1e-4)
         assert greedy == all(logp[len(c) - 1 + i].argmax().item() == tok
                              for i, tok in enumerate(t))
-    rolling = model.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("w1 w2",), 0)])
-    assert rolling[0] < 0
+    text = "w1 w2 w3 w4"
+    rolling = model.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    ids = model.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    first = model.lm.tokenizer.bos_token_id  # every token predicted, the first from <s>
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(torch.tensor([[first] + ids])).logits[0], -1)
+    assert rolling[0] == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(ids)),
+                                       abs=1e-4)
 
 
 def test_local_task_runs_end_to_end(model, tiny, tmp_path):

