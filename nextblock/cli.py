@@ -375,7 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextblock", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"nextblock {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate_commands(sub)
+    _add_bench_command(sub)
+    _add_serve_command(sub)
+    _add_eval_command(sub)
+    _add_adapt_command(sub)
+    _add_export_commands(sub)
+    _show_defaults(sub)
+    return parser
 
+
+def _add_generate_commands(sub) -> None:
+    """generate, chat, trace: decoding from the command line."""
     p = sub.add_parser("generate", help="generate text for one or more prompts")
     p.add_argument("prompt", nargs="+")
     _add_model_args(p)
@@ -396,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode_args(p)
     p.set_defaults(func=cmd_trace)
 
+
+def _add_bench_command(sub) -> None:
+    """bench: decode speed and agreement in one run."""
     p = sub.add_parser("bench", help="decode speed and agreement: transformers, AR, block, "
                        "verified, one run")
     _add_model_args(p)
@@ -419,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write the speed / agreement frontier as PNG")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_serve_command(sub) -> None:
+    """serve: the OpenAI-compatible server."""
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
@@ -433,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open,close markers of a reasoning section (reasoning_content)")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_eval_command(sub) -> None:
+    """eval: a benchmark task in any mode."""
     p = sub.add_parser("eval", help="accuracy and speed on a benchmark task, any mode")
     p.add_argument("--task", required=True, choices=["gsm8k", "math500", "mbpp", "humaneval"])
     p.add_argument("--data", help="the task's data file (humaneval: the package's own)")
@@ -454,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode_args(p)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_adapt_command(sub) -> None:
+    """adapt: continued training (AdaptConfig's settings as flags)."""
     p = sub.add_parser("adapt", help="continued training into a block-diffusion model")
     p.add_argument("--config", help="JSON file of AdaptConfig settings (flags override it)")
     p.add_argument("--data", action="append", help="PATH[:WEIGHT] (repeatable)")
@@ -486,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--save-every so it is checkpointed (the schedule still plans --steps)")
     p.set_defaults(func=cmd_adapt)
 
+
+def _add_export_commands(sub) -> None:
+    """export and report: a trained run as a model, its loss plot."""
     p = sub.add_parser("export", help="write a trained run as a loadable model")
     p.add_argument("--model", required=True, help="run directory or checkpoint directory")
     p.add_argument("--out", required=True)
@@ -496,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="plot a run's metrics.jsonl to loss.png")
     p.add_argument("run")
     p.set_defaults(func=cmd_report)
+
+
+def _show_defaults(sub) -> None:
     # every flag's help ends with its default where it has one worth showing (argparse's
     # ArgumentDefaultsHelpFormatter would also print "(default: None)" everywhere)
     for command in sub.choices.values():
@@ -504,7 +533,6 @@ def build_parser() -> argparse.ArgumentParser:
             worth = action.default not in (None, False, argparse.SUPPRESS)
             if action.option_strings and worth and "default" not in text:
                 action.help = f"{text} (default: %(default)s)".strip()
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

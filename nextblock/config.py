@@ -206,3 +206,11 @@ class BlockConfig:
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         os.replace(tmp, path)
         return path
+
+
+def cache_dir() -> Path:
+    """Where dequantised GGUF models and the compiled engine are kept: $NEXTBLOCK_CACHE,
+    else $XDG_CACHE_HOME/nextblock (~/.cache/nextblock)."""
+    root = os.environ.get("NEXTBLOCK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nextblock")
+    return Path(root)

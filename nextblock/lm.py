@@ -152,67 +152,30 @@ class NextBlockModel:
         if len(stops) != len(ids) or len(seeds) != len(ids):
             raise InputError(f"stops and seeds: one entry per prompt ({len(ids)} prompts)")
         checkers = [textlib.stop_checker(self.tokenizer, st) for st in stops]
-        reqs = iter([Request(i, p, s.max_new_tokens, seeds[i]) for i, p in enumerate(ids)])
-        live: set[int] = set()
-
-        def take(room: int) -> list[Request]:
-            new = [r for _, r in zip(range(room), reqs)]
-            live.update(r.id for r in new)
-            return new
-
-        first = take(batch_size)
+        rows = _RowAccounts(iter([Request(i, p, s.max_new_tokens, seeds[i])
+                                  for i, p in enumerate(ids)]))
+        first = rows.take(batch_size)
         if not first:
             return
-        res = {r.id: Result.empty([r.prompt]) for r in first}
-        secs: dict[int, float] = {}
-
-        def admit():
-            new = take(batch_size - len(live))
-            res.update({r.id: Result.empty([r.prompt]) for r in new})
-            return new, set()
 
         def stop_fn(row, tokens):
-            fn = checkers[row]
-            return None if fn is None else fn(0, tokens)
+            return None if checkers[row] is None else checkers[row](0, tokens)
 
         kw = dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,
-                  stop_fn=stop_fn, max_context=self.context_length, admit=admit)
-        ended: list[int] = []  # finished rows, handed out after the forward that ended them
-
-        def handout():
-            for r in ended:
-                out = res.pop(r)
-                out.seconds = secs.pop(r, 0.0)
-                yield r, self.generation(out, s, [ids[r]], stops[r])
-            ended.clear()
-
+                  stop_fn=stop_fn, max_context=self.context_length,
+                  admit=lambda: (rows.take(batch_size - len(rows.live)), set()))
         with torch.inference_mode():
             t0 = time.perf_counter()
             for ev in decode(self.model, first, s, **kw):
                 if isinstance(ev, Emit):
-                    for r, toks in ev.tokens.items():
-                        res[r].tokens[0].extend(toks)
-                    for r, why in ev.finished.items():
-                        res[r].finish_reasons[0] = why
-                        live.discard(r)
-                        ended.append(r)
+                    rows.on_emit(ev)
                     continue
-                # the rows of this forward: a prefill's new rows, a commit's or verify's
-                # rows (listed in full, verify's before finished ones leave), else every
-                # live row
-                rows = (list(ev.filled) if ev.kind in ("prefill", "commit", "verify")
-                        else sorted(live))
-                now = time.perf_counter()
-                for r in rows:
-                    out = res[r]
-                    out.fused += ev.fused
-                    out.forwards += not (ev.fused or ev.cached)
-                    checked, accepted = ev.drafted.get(r, (0, 0))
-                    out.drafted, out.accepted = out.drafted + checked, out.accepted + accepted
-                    secs[r] = secs.get(r, 0.0) + (now - t0) / len(rows)
-                yield from handout()
+                rows.on_step(ev, time.perf_counter() - t0)
+                for r, out in rows.handout():
+                    yield r, self.generation(out, s, [ids[r]], stops[r])
                 t0 = time.perf_counter()  # the consumer's time is not decoding time
-        yield from handout()
+        for r, out in rows.handout():
+            yield r, self.generation(out, s, [ids[r]], stops[r])
 
     def prefill(self, prompt, *, chat: bool | None = None, prefill_chunk: int = 2048) -> Prefix:
         """Prefill one prompt once, to decode from it many times: `generate(prompt,
@@ -256,3 +219,50 @@ class NextBlockModel:
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         self.config.save(directory)
+
+
+class _RowAccounts:
+    """The per-row Results of a continuous-batching run (generate_each): tokens and finish
+    reasons from Emit events; forwards, drafts and a share of each forward's wall time from
+    Step events; a row that ended is handed out after the forward that ended it."""
+
+    def __init__(self, requests):
+        self.requests, self.live = requests, set()
+        self.res: dict[int, Result] = {}
+        self.secs: dict[int, float] = {}
+        self.ended: list[int] = []
+
+    def take(self, room: int) -> list[Request]:
+        new = [r for _, r in zip(range(room), self.requests)]
+        self.live.update(r.id for r in new)
+        self.res.update({r.id: Result.empty([r.prompt]) for r in new})
+        return new
+
+    def on_emit(self, ev: Emit) -> None:
+        for r, toks in ev.tokens.items():
+            self.res[r].tokens[0].extend(toks)
+        for r, why in ev.finished.items():
+            self.res[r].finish_reasons[0] = why
+            self.live.discard(r)
+            self.ended.append(r)
+
+    def on_step(self, ev: Step, seconds: float) -> None:
+        # the rows of this forward: a prefill's new rows, a commit's or verify's rows
+        # (listed in full, verify's before finished ones leave), else every live row
+        rows = list(ev.filled) if ev.kind in ("prefill", "commit", "verify") else sorted(
+            self.live)
+        for r in rows:
+            out = self.res[r]
+            out.fused += ev.fused
+            out.forwards += not (ev.fused or ev.cached)
+            checked, accepted = ev.drafted.get(r, (0, 0))
+            out.drafted, out.accepted = out.drafted + checked, out.accepted + accepted
+            self.secs[r] = self.secs.get(r, 0.0) + seconds / len(rows)
+
+    def handout(self):
+        for r in self.ended:
+            out = self.res.pop(r)
+            out.seconds = self.secs.pop(r, 0.0)
+            yield r, out
+        self.ended.clear()
+

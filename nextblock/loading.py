@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .config import CONFIG_NAME, BlockConfig
+from .config import CONFIG_NAME, BlockConfig, cache_dir
 from .errors import ConfigError, ModelLoadError
 from .modeling import SUPPORTED_FAMILIES
 
@@ -31,12 +31,6 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MASK_TOKEN = "<|mask|>"
 _MASK_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]", "<|mdm_mask|>")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("NEXTBLOCK_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nextblock")
-    return Path(root)
 
 
 def default_gguf() -> Path:
@@ -286,40 +280,60 @@ def attach_engine(lm, required: bool = True) -> None:
 
 
 def _load_weights(spec, *, dtype, device, trust_remote_code, rope_scaling):
-    """The model with plain torch weights (float32 unless asked otherwise), adapter merged."""
+    """The model with plain torch weights (float32 unless asked otherwise), as a straight
+    pipeline: the spec's files (through any adapters, to the base model's) -> the base
+    weights -> each adapter merged, after the RoPE scaling it was trained with -> the
+    caller's RoPE scaling."""
+    from .adapter import apply_adapter
+
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ConfigError(f"invalid dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    adapters, base = _adapter_chain(spec)
+    lm = _load_directory(resolve(base), _spec_name(base), dtype, device, trust_remote_code)
+    for adapter in reversed(adapters):
+        _scale_rope(lm, BlockConfig.load(adapter).rope_scaling)
+        apply_adapter(lm, adapter)
+    _scale_rope(lm, rope_scaling)
+    lm.name = _spec_name(spec)
+    return lm
+
+
+def _spec_name(spec) -> str:
+    return "default" if spec in (None, "default") else str(spec)
+
+
+def _adapter_chain(spec) -> tuple[list[Path], str | os.PathLike | None]:
+    """The adapter directories a spec goes through (outermost first), and the spec of the
+    base model under them (`base_model` in each adapter's nextblock.json)."""
+    chain: list[Path] = []
+    source = resolve(spec)
+    while source.is_dir() and (source / "adapter_config.json").exists():
+        spec = BlockConfig.load(source).base_model or "default-base"
+        base = resolve(spec)
+        if base.resolve() == source.resolve() or base.resolve() in [c.resolve() for c in chain]:
+            raise ConfigError(f"{source / CONFIG_NAME}: base_model {spec!r} is this adapter")
+        chain.append(source)
+        source = base
+    return chain, spec
+
+
+def _scale_rope(lm, rope_scaling) -> None:
     if rope_scaling is not None:
-        lm = _load_weights(spec, dtype=dtype, device=device,
-                           trust_remote_code=trust_remote_code, rope_scaling=None)
         scaling = parse_rope_scaling(rope_scaling)
         set_rope_scaling(lm.model, scaling)
         lm.config.rope_scaling = scaling
-        return lm
+
+
+def _load_directory(source: Path, name: str, dtype, device, trust_remote_code):
+    """A Hugging Face directory (or a GGUF file, dequantised once) as a NextBlockModel."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from .lm import NextBlockModel
 
     hf_logging.disable_progress_bar()
-
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ConfigError(f"invalid dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
-    source = resolve(spec)
-    name = "default" if spec in (None, "default") else str(spec)
-    if source.is_dir() and (source / "adapter_config.json").exists():
-        from .adapter import apply_adapter
-
-        block = BlockConfig.load(source)
-        base = block.base_model or "default-base"
-        if resolve(base).resolve() == source.resolve():
-            raise ConfigError(f"{source / CONFIG_NAME}: base_model {base!r} is this adapter")
-        lm = _load_weights(base, dtype=dtype, device=device,
-                           trust_remote_code=trust_remote_code,
-                           rope_scaling=block.rope_scaling)  # the adapter was trained with it
-        apply_adapter(lm, source)
-        lm.name = name
-        return lm
     if source.suffix == ".gguf":
         source = gguf_to_hf(source)
     check_directory(source)

@@ -61,7 +61,7 @@ def _compiler() -> str:
 
 @lru_cache(maxsize=2)
 def engine_library(portable: bool = False) -> ctypes.CDLL:
-    from ..loading import cache_dir
+    from ..config import cache_dir
 
     import torch  # noqa: F401 - torch's libgomp must be loaded first (shared runtime)
 

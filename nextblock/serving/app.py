@@ -62,9 +62,8 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                max_body_bytes: int = 1 << 20, reasoning=("<think>", "</think>"),
                shutdown_timeout: float = 30.0) -> FastAPI:
     name = served_name or Path(str(lm.name)).name  # never a filesystem path to clients
-    reasoning_markers = tuple(reasoning)
     sched = Scheduler(lm, max_batch=max_batch, max_queue=max_queue)
-    created = int(time.time())
+    api = Completions(lm, sched, name, max_tokens_limit, tuple(reasoning))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -76,6 +75,42 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
     app = FastAPI(title="nextblock", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.scheduler = sched
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    _install_guard(app, api_key)
+    _install_error_handlers(app)
+    created = int(time.time())
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "queued": sched.queued(),
+                "active": sched.active()}
+
+    @app.get("/metrics")
+    async def metrics():
+        return sched.stats()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model",
+                                            "created": created, "owned_by": "nextblock"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, request: Request):
+        messages = [{"role": "system" if m.role == "developer" else m.role,
+                     "content": m.text()} for m in req.messages]
+        ids = _encode("messages", lm.encode, messages, True)
+        return await api.respond(req, request, [ids], chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        prompts = [_encode("prompt", lm.encode, p, False) for p in req.prompt]
+        return await api.respond(req, request, prompts, chat=False)
+
+    return app
+
+
+def _install_guard(app: FastAPI, api_key: str | None) -> None:
+    """A request id on every response; the API key (not for /health); any unexpected
+    exception logged with that id and answered with 500."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -95,6 +130,10 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                                   type_="server_error", headers=headers)
         response.headers["x-request-id"] = rid
         return response
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Validation errors, APIError and HTTP errors in the OpenAI error format."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -122,25 +161,32 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
         return error_response(exc.status_code, str(exc.detail), code="not_found"
                               if exc.status_code == 404 else None)
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": name, "queued": sched.queued(),
-                "active": sched.active()}
 
-    @app.get("/metrics")
-    async def metrics():
-        return sched.stats()
+def _encode(param, fn, *args):
+    """A prompt's token ids; a client mistake in it is a 400 naming `param`."""
+    try:
+        return fn(*args)
+    except NextBlockError as e:
+        code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
+        raise APIError(400, str(e), param, code) from None
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model",
-                                            "created": created, "owned_by": "nextblock"}]}
 
-    def prepare(req, prompts: list[list[int]]):
-        if req.model != name:
+class Completions:
+    """The completion routes' work: check a request against the model and the server's
+    limits, submit its rows to the scheduler, and answer whole or streamed (SSE)."""
+
+    def __init__(self, lm, sched: Scheduler, name: str, max_tokens_limit: int,
+                 reasoning_markers: tuple[str, str]):
+        self.lm, self.sched, self.name = lm, sched, name
+        self.max_tokens_limit, self.reasoning_markers = max_tokens_limit, reasoning_markers
+
+    def prepare(self, req, prompts: list[list[int]]):
+        """(settings, jobs, event queue) of a request, or an APIError naming its field."""
+        lm = self.lm
+        if req.model != self.name:
             raise APIError(404, f"the model '{req.model}' does not exist; this server serves "
-                           f"'{name}'", "model", "model_not_found")
-        limit = min(max_tokens_limit, lm.context_length)
+                           f"'{self.name}'", "model", "model_not_found")
+        limit = min(self.max_tokens_limit, lm.context_length)
         budget = req.budget(min(lm.settings().max_new_tokens, limit))
         if budget > limit:
             field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
@@ -156,8 +202,11 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                                f"context is {lm.context_length} tokens", "messages"
                                if isinstance(req, ChatRequest) else "prompt",
                                "context_length_exceeded")
+        return (settings, *self._submit(req, prompts, settings, budget))
+
+    def _submit(self, req, prompts, settings, budget):
         try:
-            jobs, queue = sched.submit(prompts, settings, budget, req.seed, req.n)
+            return self.sched.submit(prompts, settings, budget, req.seed, req.n)
         except TooLarge as e:
             raise APIError(400, str(e), "n" if req.n > 1 else "prompt",
                            "invalid_value") from None
@@ -166,38 +215,29 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                            type_="rate_limit_error", headers={"Retry-After": "1"}) from None
         except ShuttingDown as e:
             raise APIError(503, str(e), code="shutting_down", type_="server_error") from None
-        return settings, jobs, queue
 
-    def encode(param, fn, *args):
-        try:
-            return fn(*args)
-        except NextBlockError as e:
-            code = "context_length_exceeded" if "context" in str(e) else "invalid_value"
-            raise APIError(400, str(e), param, code) from None
-
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest, request: Request):
-        messages = [{"role": "system" if m.role == "developer" else m.role,
-                     "content": m.text()} for m in req.messages]
-        ids = encode("messages", lm.encode, messages, True)
-        return await respond(req, request, [ids], chat=True)
-
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, request: Request):
-        prompts = [encode("prompt", lm.encode, p, False) for p in req.prompt]
-        return await respond(req, request, prompts, chat=False)
-
-    async def respond(req, request: Request, prompts, chat: bool):
-        settings, jobs, queue = prepare(req, prompts)
+    async def respond(self, req, request: Request, prompts, chat: bool):
+        settings, jobs, queue = self.prepare(req, prompts)
         rid = ("chatcmpl-" if chat else "cmpl-") + request.state.rid
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                "created": int(time.time()), "model": name}
+                "created": int(time.time()), "model": self.name}
         usage_in = sum(len(p) for p in prompts)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                stream(head, jobs, queue, settings, chat, usage_in, include_usage),
+                self.stream(head, jobs, queue, settings, chat, usage_in, include_usage),
                 media_type="text/event-stream", headers={"x-request-id": request.state.rid})
+        done = await self._collect(request, jobs, queue)
+        if isinstance(done, JSONResponse):
+            return done
+        out_tokens = sum(len(j.tokens) for j in jobs)
+        return {**head, "choices": [self._choice(j, done, settings, chat) for j in jobs],
+                "usage": {"prompt_tokens": usage_in, "completion_tokens": out_tokens,
+                          "total_tokens": usage_in + out_tokens}}
+
+    async def _collect(self, request: Request, jobs, queue):
+        """Wait for every row's end (their finish reasons by index); a client that hangs
+        up, checked while tokens flow too, frees its slots."""
         async def hang_up():  # the body is read: the next ASGI message is the disconnect
             while (await request.receive())["type"] != "http.disconnect":
                 pass
@@ -210,93 +250,94 @@ def create_app(lm, *, served_name: str | None = None, api_key: str | None = None
                     index, kind, value = await asyncio.wait_for(queue.get(), 0.25)
                 except asyncio.TimeoutError:
                     index = kind = None
-                if watcher.done():  # checked while tokens flow too; free the slots
+                if watcher.done():
                     return error_response(400, "client disconnected")
-                if kind is None:
-                    continue
                 if kind == "error":
                     raise APIError(503, value, type_="server_error", code="unavailable")
                 if kind == "done":
                     done[index] = value
+            return done
         finally:
             watcher.cancel()
-            for j in jobs:
-                if not j.done:
-                    sched.cancel(j)
-        choices = []
+            self._release(jobs)
+
+    def _release(self, jobs) -> None:
         for j in jobs:
-            text = textlib.final_text(lm.tokenizer, j.tokens, settings.stop)
-            if chat:
-                reasoning, content = textlib.ReasoningSplitter(*reasoning_markers).split(text)
-                msg = {"role": "assistant", "content": content}
-                if reasoning:
-                    msg["reasoning_content"] = reasoning
-                choices.append({"index": j.index, "message": msg,
-                                "finish_reason": done[j.index], "logprobs": None})
-            else:
-                choices.append({"index": j.index, "text": text,
-                                "finish_reason": done[j.index], "logprobs": None})
-        out_tokens = sum(len(j.tokens) for j in jobs)
-        return {**head, "choices": choices, "usage": {
-            "prompt_tokens": usage_in, "completion_tokens": out_tokens,
-            "total_tokens": usage_in + out_tokens}}
+            if not j.done:
+                self.sched.cancel(j)
 
-    async def stream(head, jobs, queue, settings, chat, usage_in, include_usage):
-        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
-        texts = {j.index: textlib.TextStream(lm.tokenizer, settings.stop) for j in jobs}
-        splits = {j.index: textlib.ReasoningSplitter(*reasoning_markers) for j in jobs}
+    def _choice(self, j, done: dict[int, str], settings, chat: bool) -> dict:
+        text = textlib.final_text(self.lm.tokenizer, j.tokens, settings.stop)
+        if not chat:
+            return {"index": j.index, "text": text, "finish_reason": done[j.index],
+                    "logprobs": None}
+        reasoning, content = textlib.ReasoningSplitter(*self.reasoning_markers).split(text)
+        msg = {"role": "assistant", "content": content}
+        if reasoning:
+            msg["reasoning_content"] = reasoning
+        return {"index": j.index, "message": msg, "finish_reason": done[j.index],
+                "logprobs": None}
 
-        def chunk(index, delta=None, text=None, finish=None):
-            c = {"index": index, "finish_reason": finish}
-            if chat:
-                c["delta"] = delta or {}
-            else:
-                c["text"], c["logprobs"] = text or "", None
-            body = {**head, "choices": [c]}
-            if include_usage:
-                body["usage"] = None
-            return f"data: {json.dumps(body)}\n\n"
-
-        def pieces(index, toks, final):
-            delta = texts[index].push(toks, final=final)
-            if not chat:
-                return [chunk(index, text=delta)] if delta else []
-            key = {"reasoning": "reasoning_content", "content": "content"}
-            return [chunk(index, {key[kind]: part})
-                    for kind, part in splits[index].push(delta, final=final) if part]
-
+    async def stream(self, head, jobs, queue, settings, chat, usage_in, include_usage):
+        """Server-sent events: a chunk as each block commits, then [DONE]."""
+        sse = _Chunks({**head, "object": "chat.completion.chunk" if chat else
+                       "text_completion"}, jobs, self.lm.tokenizer, settings.stop, chat,
+                      include_usage, self.reasoning_markers)
         try:
             if chat:
                 for j in jobs:
-                    yield chunk(j.index, {"role": "assistant", "content": ""})
+                    yield sse.chunk(j.index, {"role": "assistant", "content": ""})
             finished = 0
             while finished < len(jobs):
                 index, kind, value = await queue.get()
-                if kind == "tokens":
-                    for piece in pieces(index, value, False):
-                        yield piece
-                elif kind == "done":
-                    for piece in pieces(index, [], True):
-                        yield piece
-                    yield chunk(index, finish=value)
-                    finished += 1
-                else:
+                if kind == "error":
                     err = {"error": {"message": value, "type": "server_error", "param": None,
                                      "code": "unavailable"}}
                     yield f"data: {json.dumps(err)}\n\n"
                     return
+                for piece in sse.pieces(index, value if kind == "tokens" else [],
+                                        kind == "done"):
+                    yield piece
+                if kind == "done":
+                    yield sse.chunk(index, finish=value)
+                    finished += 1
             if include_usage:
                 out = sum(len(j.tokens) for j in jobs)
                 usage = {"prompt_tokens": usage_in, "completion_tokens": out,
                          "total_tokens": usage_in + out}
-                yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
+                yield f"data: {json.dumps({**sse.head, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
         finally:  # finished, or the client went away: free every slot still held
-            for j in jobs:
-                if not j.done:
-                    sched.cancel(j)
+            self._release(jobs)
 
-    return app
+
+class _Chunks:
+    """The SSE chunks of one streamed response: text per row as tokens arrive, split
+    into reasoning and content for chat."""
+
+    def __init__(self, head, jobs, tokenizer, stop, chat, include_usage, markers):
+        self.head, self.chat, self.include_usage = head, chat, include_usage
+        self.texts = {j.index: textlib.TextStream(tokenizer, stop) for j in jobs}
+        self.splits = {j.index: textlib.ReasoningSplitter(*markers) for j in jobs}
+
+    def chunk(self, index, delta=None, text=None, finish=None) -> str:
+        c = {"index": index, "finish_reason": finish}
+        if self.chat:
+            c["delta"] = delta or {}
+        else:
+            c["text"], c["logprobs"] = text or "", None
+        body = {**self.head, "choices": [c]}
+        if self.include_usage:
+            body["usage"] = None
+        return f"data: {json.dumps(body)}\n\n"
+
+    def pieces(self, index, toks, final) -> list[str]:
+        delta = self.texts[index].push(toks, final=final)
+        if not self.chat:
+            return [self.chunk(index, text=delta)] if delta else []
+        key = {"reasoning": "reasoning_content", "content": "content"}
+        return [self.chunk(index, {key[kind]: part})
+                for kind, part in self.splits[index].push(delta, final=final) if part]
 
 
 class BodyLimit:
