@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import NextBlockError
+from .errors import InputError, NextBlockError
 
 
 def positive_int(v: str) -> int:
@@ -333,9 +333,14 @@ def cmd_adapt(args) -> int:
 
 def cmd_export(args) -> int:
     from .loading import DTYPES
-    from .training.export import export
+    from .training.export import export, export_gguf
 
-    out = export(args.model, args.out, adapter=args.adapter, dtype=DTYPES[args.dtype])
+    if args.gguf:
+        if args.adapter:
+            raise InputError("--gguf writes the whole model: leave out --adapter")
+        out = export_gguf(args.model, args.out, kind=args.gguf_type)
+    else:
+        out = export(args.model, args.out, adapter=args.adapter, dtype=DTYPES[args.dtype])
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -512,11 +517,17 @@ def _add_adapt_command(sub) -> None:
 
 def _add_export_commands(sub) -> None:
     """export and report: a trained run as a model, its loss plot."""
-    p = sub.add_parser("export", help="write a trained run as a loadable model")
-    p.add_argument("--model", required=True, help="run directory or checkpoint directory")
+    p = sub.add_parser("export", help="write a trained run as a loadable model (or any "
+                       "model as GGUF)")
+    p.add_argument("--model", required=True, help="run directory or checkpoint directory "
+                   "(with --gguf also any model spec: default, an HF or adapter directory)")
     p.add_argument("--out", required=True)
-    p.add_argument("--adapter", action="store_true", help="LoRA adapter + mask embedding only")
+    p.add_argument("--adapter", action="store_true", help="LoRA adapter + mask row only")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--gguf", action="store_true", help="one GGUF file for llama.cpp (AR "
+                   "mode; Llama family): LoRA merged, the mask token in the vocabulary")
+    p.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"],
+                   help="tensor type of the GGUF matrices (norms stay f32)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="plot a run's metrics.jsonl to loss.png")

@@ -109,12 +109,25 @@ def gguf_to_hf(path: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "source.json").write_text(json.dumps({"gguf": str(path.resolve())}) + "\n")
+        _settings_from_gguf(path, tmp)
         os.replace(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / "config.json").exists():  # not a concurrent writer that won
             raise
     return target
+
+
+def _settings_from_gguf(path: Path, directory: Path) -> None:
+    """A GGUF file nextblock wrote carries its block-diffusion settings (nextblock.config):
+    they become the directory's nextblock.json."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("nextblock.config")
+    if field is not None:
+        block = BlockConfig.from_dict(json.loads(bytes(field.parts[field.data[0]]).decode()),
+                                      source=f"{path} (nextblock.config)")
+        block.save(directory)
 
 
 def _one_line(e: Exception) -> str:

@@ -81,3 +81,23 @@ def export(run: str | Path, out: str | Path, adapter: bool = False,
         lm.tokenizer.save_pretrained(out)
     block.save(out)
     return out
+
+
+def export_gguf(model: str | Path, out: str | Path, kind: str = "f16") -> Path:
+    """A training run (merged first) or any model spec as one GGUF file (gguf_export)."""
+    import tempfile
+
+    from ..gguf_export import write_gguf
+    from ..loading import load
+
+    path = Path(model)
+    is_run = (path / "state.json").exists() or (path / "checkpoints").exists()
+    out = Path(out)
+    if out.suffix != ".gguf":
+        raise ConfigError(f"--out {out}: a GGUF file name ends in .gguf")
+    if not is_run:
+        return write_gguf(load(model, dtype="float32"), out, kind=kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = export(path, Path(tmp) / "merged")
+        return write_gguf(load(merged, dtype="float32"), out, kind=kind)
+
