@@ -58,33 +58,31 @@ def _add_model_args(p):
 
 
 def _add_decode_args(p):
+    """One flag per DecodeSettings field, its help and choices from the field's own
+    definition (config.setting); the values are checked by DecodeSettings.validated()."""
+    from .config import DecodeSettings
+
     g = p.add_argument_group("decoding (defaults: the model's recommended settings)")
-    g.add_argument("--mode", choices=["ar", "block", "verified"])
-    g.add_argument("--block-size", type=int)
-    g.add_argument("--sub-block", type=int)
-    g.add_argument("--threshold", type=float)
-    g.add_argument("--confidence", choices=["prob", "margin", "neg_entropy"])
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--fused-commit", action=argparse.BooleanOptionalAction, default=None,
-                   help="run each commit together with the next block's first step")
-    g.add_argument("--prefill-chunk", type=int, help="prefill long prompts this many tokens "
-                   "per forward (bounded memory)")
+    types = {"int": int, "float": float, "str": str}
+    for f in dataclasses.fields(DecodeSettings):
+        flag, meta, kind = "--" + f.name.replace("_", "-"), f.metadata, f.type.split(" |")[0]
+        if kind == "bool":
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=meta["help"])
+        elif kind == "tuple[str, ...]":
+            g.add_argument(flag, action="append", help=meta["help"] + " (repeatable)")
+        else:
+            g.add_argument(flag, type=types[kind], choices=meta["choices"], help=meta["help"])
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
 
 
 def _overrides(args) -> dict:
-    names = ["mode", "block_size", "sub_block", "threshold", "confidence", "max_new_tokens",
-             "temperature", "top_p", "top_k", "repetition_penalty", "seed", "fused_commit",
-             "prefill_chunk"]
-    kw = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    if args.stop:
-        kw["stop"] = tuple(args.stop)
+    from .config import DecodeSettings
+
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeSettings)
+          if getattr(args, f.name) is not None}
+    if "stop" in kw:
+        kw["stop"] = tuple(kw["stop"])
     return kw
 
 

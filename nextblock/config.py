@@ -21,6 +21,16 @@ MODES = ("ar", "block", "verified")
 CONFIDENCE_MEASURES = ("prob", "margin", "neg_entropy")
 
 
+SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def setting(default, help: str, *, choices=None, ge=None, gt=None, le=None, lt=None):
+    """A DecodeSettings field with its help text and bounds: the one definition the CLI
+    flags, the server's request schema and `validated()` are all built from."""
+    return field(default=default, metadata=dict(help=help, choices=choices, ge=ge, gt=gt,
+                                                le=le, lt=lt))
+
+
 @dataclass
 class DecodeSettings:
     """How to decode. `mode="ar"` is block decoding with block size 1 (exact AR).
@@ -44,20 +54,27 @@ class DecodeSettings:
     is bounded (a [chunk, context] mask and chunk-sized activations) whatever its length.
     """
 
-    mode: str = "block"
-    max_new_tokens: int = 128
-    block_size: int = 32
-    sub_block: int | None = None  # None: the whole block is one sub-block
-    threshold: float = 0.9
-    confidence: str = "prob"
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    repetition_penalty: float = 1.0  # HF semantics: >1 discourages tokens already present
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    fused_commit: bool = True
-    prefill_chunk: int = 2048  # the prompt is prefilled this many tokens per forward
+    mode: str = setting("block", "ar (token by token), block (parallel denoising) or "
+                        "verified (block drafts checked by AR: AR's output)", choices=MODES)
+    max_new_tokens: int = setting(128, "tokens to generate at most", ge=1)
+    block_size: int = setting(32, "tokens per block: the anchor, then masks", ge=1, le=256)
+    sub_block: int | None = setting(None, "parts of a block decoded left to right (must "
+                                    "divide block_size; none: the whole block)", ge=1)
+    threshold: float = setting(0.9, "unmask every position whose confidence exceeds it "
+                               "(and always the most confident)")
+    confidence: str = setting("prob", "confidence measure", choices=CONFIDENCE_MEASURES)
+    temperature: float = setting(0.0, "sampling temperature (0: greedy)", ge=0.0, le=2.0)
+    top_p: float = setting(1.0, "nucleus sampling: the smallest set with this mass",
+                           gt=0.0, le=1.0)
+    top_k: int = setting(0, "sample among the k most likely (0: off)", ge=0)
+    repetition_penalty: float = setting(1.0, "HF semantics: > 1 discourages tokens already "
+                                        "present (1: off)", gt=0.0, lt=math.inf)
+    seed: int | None = setting(None, "sampling seed", ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    stop: tuple[str, ...] = setting((), "stop strings")
+    fused_commit: bool = setting(True, "run each commit together with the next block's "
+                                 "first denoise step (same output, fewer forwards)")
+    prefill_chunk: int = setting(2048, "prefill long prompts this many tokens per forward "
+                                 "(bounded memory)", ge=1)
 
     @property
     def effective_block_size(self) -> int:
@@ -73,49 +90,49 @@ class DecodeSettings:
         return self.temperature == 0.0
 
     def replace(self, **changes) -> "DecodeSettings":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """A copy with `changes`; None leaves a field as it is, except for the fields whose
+        value may be None (sub_block, seed), which None resets."""
+        optional = {f.name for f in dataclasses.fields(self) if f.default is None}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items()
+                                            if v is not None or k in optional})
 
     def validated(self) -> "DecodeSettings":
-        """Return self after checking every field; raise ConfigError naming the bad one."""
-
-        def bad(name, why):
-            raise ConfigError(f"invalid {name}={getattr(self, name)!r}: {why}")
-
-        if self.mode not in MODES:
-            bad("mode", f"expected one of {', '.join(MODES)}")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            bad("max_new_tokens", "must be an integer >= 1")
-        if not _is_int(self.block_size) or self.block_size < 1:
-            bad("block_size", "must be an integer >= 1")
-        if self.sub_block is not None:
-            if not _is_int(self.sub_block) or self.sub_block < 1:
-                bad("sub_block", "must be an integer >= 1")
-            if self.block_size % self.sub_block:
-                bad("sub_block", f"must divide block_size={self.block_size}")
-        if not _is_num(self.threshold) or math.isnan(self.threshold):
-            bad("threshold", "must be a number")
-        if self.confidence not in CONFIDENCE_MEASURES:
-            bad("confidence", f"expected one of {', '.join(CONFIDENCE_MEASURES)}")
-        if not _is_num(self.temperature) or not (0.0 <= self.temperature < math.inf):
-            bad("temperature", "must be a finite number >= 0 (0 means greedy)")
-        if not _is_num(self.top_p) or not (0.0 < self.top_p <= 1.0):
-            bad("top_p", "must be in (0, 1]")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            bad("top_k", "must be an integer >= 0 (0 means off)")
-        if not _is_num(self.repetition_penalty) or not (0.0 < self.repetition_penalty < math.inf):
-            bad("repetition_penalty", "must be a finite number > 0 (1 means off)")
-        if self.seed is not None and not _is_int(self.seed):
-            bad("seed", "must be an integer")
-        if not _is_int(self.prefill_chunk) or self.prefill_chunk < 1:
-            bad("prefill_chunk", "must be an integer >= 1")
-        if not isinstance(self.fused_commit, bool):
-            bad("fused_commit", "must be true or false")
+        """Return self after checking every field against its definition; raise
+        ConfigError naming the bad one."""
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
-        self.stop = tuple(self.stop)
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            bad("stop", "must be non-empty strings")
+        self.stop = tuple(self.stop) if isinstance(self.stop, (list, tuple)) else self.stop
+        for f in dataclasses.fields(self):
+            why = _invalid(f, getattr(self, f.name))
+            if why:
+                raise ConfigError(f"invalid {f.name}={getattr(self, f.name)!r}: {why}")
+        if self.sub_block is not None and self.block_size % self.sub_block:
+            raise ConfigError(f"invalid sub_block={self.sub_block!r}: must divide "
+                              f"block_size={self.block_size}")
         return self
+
+
+def _invalid(f, v) -> str | None:
+    """Why value v does not fit DecodeSettings field f (type, choices, bounds), or None."""
+    m, kind = f.metadata, f.type.split(" |")[0]
+    if v is None and f.default is None:
+        return None
+    if kind == "tuple[str, ...]":
+        ok = isinstance(v, tuple) and all(isinstance(s, str) and s for s in v)
+        return None if ok else "must be non-empty strings"
+    checks = {"int": (_is_int, "an integer"), "float": (_is_num, "a number"),
+              "bool": (lambda x: isinstance(x, bool), "true or false"),
+              "str": (lambda x: isinstance(x, str), "a string")}
+    is_kind, what = checks[kind]
+    if not is_kind(v) or (kind == "float" and math.isnan(v)):
+        return f"must be {what}"
+    if m["choices"] and v not in m["choices"]:
+        return f"expected one of {', '.join(m['choices'])}"
+    for key, ok, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                          ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+        if m[key] is not None and not ok(v, m[key]):
+            return f"must be {word} {m[key]}" + (f" ({m['help']})" if kind != "str" else "")
+    return None
 
 
 def _is_int(x) -> bool:

@@ -39,3 +39,39 @@ def test_block_config_round_trip(tmp_path):
 def test_block_config_rejects_unsupported_shift():
     with pytest.raises(ConfigError, match="shift"):
         BlockConfig.from_dict({"mask_token_id": 1, "shift": 0})
+
+
+def test_one_definition_of_every_decoding_setting():
+    """The CLI flags and the server's request fields come from DecodeSettings' fields: the
+    same names, the same choices, and the server refuses exactly the values that
+    validated() refuses."""
+    import dataclasses
+
+    from pydantic import ValidationError
+
+    from nextblock.cli import build_parser
+    from nextblock.config import DecodeSettings
+    from nextblock.serving.schemas import CompletionRequest
+
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    flags = {a.dest: a for a in generate._actions}
+    fields = {f.name: f for f in dataclasses.fields(DecodeSettings)}
+    assert set(fields) <= set(flags)
+    assert flags["mode"].choices == fields["mode"].metadata["choices"]
+    for name, value in [("block_size", 257), ("block_size", 0), ("temperature", 2.5),
+                        ("top_p", 0.0), ("top_k", -1), ("repetition_penalty", 0.0),
+                        ("seed", 2 ** 64), ("sub_block", 0), ("mode", "fast")]:
+        with pytest.raises(ConfigError, match=f"invalid {name}="):
+            DecodeSettings(**{name: value}).validated()
+        with pytest.raises(ValidationError, match=name):
+            CompletionRequest(model="m", prompt="x", **{name: value})
+    for name, value in [("block_size", 256), ("temperature", 2.0), ("top_p", 1.0),
+                        ("seed", -(2 ** 63)), ("mode", "verified")]:
+        DecodeSettings(**{name: value}).validated()
+        CompletionRequest(model="m", prompt="x", **{name: value})
+
+
+def test_replace_resets_optional_fields():
+    s = DecodeSettings(block_size=8, sub_block=4, seed=3)
+    r = s.replace(sub_block=None, seed=None, threshold=None)  # None keeps a required field
+    assert r.sub_block is None and r.seed is None and r.threshold == s.threshold

@@ -3,15 +3,20 @@ out-of-range values are rejected before any work, with a message naming the fiel
 
 Decoding extensions beside the OpenAI fields: `mode` (ar | block | verified), `block_size`,
 `sub_block`, `threshold`, `confidence`, `top_k`, `repetition_penalty`; unset ones come from
-the model's recommended settings.
+the model's recommended settings. Every decoding field takes its bounds, choices and
+description from DecodeSettings' own definition (config.setting): one set of bounds.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat
 from pydantic import StrictInt, StrictStr, field_validator
+
+from ..config import DecodeSettings
 
 Number = StrictFloat | StrictInt
 
@@ -26,7 +31,17 @@ def _encodable(v: str) -> str:
 
 
 Text = Annotated[StrictStr, AfterValidator(_encodable)]
-SEED_MIN, SEED_MAX = -(2 ** 63), 2 ** 64 - 1  # what torch.Generator.manual_seed takes
+_SETTINGS = {f.name: f for f in dataclasses.fields(DecodeSettings)}
+
+
+def setting(name: str, tp=None):
+    """The request field of DecodeSettings' `name`: its type (`tp`; choices become a
+    Literal), bounds and description from the setting's definition; None when unset."""
+    m = _SETTINGS[name].metadata
+    if m["choices"]:
+        tp = Literal[tuple(m["choices"])]
+    bounds = {k: m[k] for k in ("ge", "gt", "le", "lt") if m[k] not in (None, math.inf)}
+    return Annotated[tp | None, Field(description=m["help"], **bounds)]
 
 
 class ContentPart(BaseModel):
@@ -58,10 +73,10 @@ class _Request(BaseModel):
     model: StrictStr
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: Number | None = Field(None, ge=0, le=2)
-    top_p: Number | None = Field(None, gt=0, le=1)
+    temperature: setting("temperature", Number) = None
+    top_p: setting("top_p", Number) = None
     stop: Text | list[Text] | None = None
-    seed: StrictInt | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    seed: setting("seed", StrictInt) = None
     n: StrictInt = Field(1, ge=1, le=8)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -70,13 +85,13 @@ class _Request(BaseModel):
     presence_penalty: Number = 0
     logprobs: StrictBool | None = None
     # nextblock extensions
-    mode: Literal["ar", "block", "verified"] | None = None
-    block_size: StrictInt | None = Field(None, ge=1, le=256)
-    sub_block: StrictInt | None = Field(None, ge=1)
-    threshold: Number | None = None
-    confidence: Literal["prob", "margin", "neg_entropy"] | None = None
-    top_k: StrictInt | None = Field(None, ge=0)
-    repetition_penalty: Number | None = Field(None, gt=0)
+    mode: setting("mode") = None
+    block_size: setting("block_size", StrictInt) = None
+    sub_block: setting("sub_block", StrictInt) = None
+    threshold: setting("threshold", Number) = None
+    confidence: setting("confidence") = None
+    top_k: setting("top_k", StrictInt) = None
+    repetition_penalty: setting("repetition_penalty", Number) = None
 
     @field_validator("stop")
     @classmethod
@@ -107,9 +122,9 @@ class _Request(BaseModel):
 
     def settings(self) -> dict:
         """Decoding overrides for NextBlockModel.settings()."""
-        names = ("mode", "block_size", "sub_block", "threshold", "confidence", "temperature",
-                 "top_p", "top_k", "repetition_penalty")
-        out = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in _SETTINGS
+               if k not in ("seed", "stop") and k in type(self).model_fields
+               and getattr(self, k) is not None}
         if self.stop:
             out["stop"] = tuple(self.stop)
         return out
