@@ -303,15 +303,8 @@ def cmd_adapt(args) -> int:
     from .errors import ConfigError
     from .training.trainer import AdaptConfig, adapt
 
-    names = ["data", "out", "model", "field", "seq_len", "batch_size", "grad_accum", "steps",
-             "lr", "warmup", "schedule", "lora_r", "lora_alpha", "block_start", "block_max",
-             "block_ratio", "block_warmup", "block_stage_steps", "block_growth_end",
-             "ar_weight", "mask_schedule", "precision", "seed", "save_every", "init_adapter",
-             "rope_scaling", "attention", "attention_chunk"]
-    overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    for flag in ("inverse_t_weight", "complementary", "grad_checkpointing", "pack_documents"):
-        if getattr(args, flag):
-            overrides[flag] = True
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(AdaptConfig)
+                 if getattr(args, f.name) not in (None, False)}  # False: a flag not given
     cfg = (AdaptConfig.from_file(args.config, **overrides) if args.config
            else AdaptConfig(**overrides))
     if args.stop_at is not None and (args.stop_at < 1 or args.stop_at % cfg.save_every):
@@ -348,28 +341,6 @@ def cmd_report(args) -> int:
 
     print(plot_metrics(args.run))
     return 0
-
-
-ADAPT_FLAGS = [  # (flag, type, help) of the AdaptConfig fields set from the command line
-    ("seq-len", int, "tokens per training row"),
-    ("batch-size", int, "rows per process and micro-step"),
-    ("grad-accum", int, "micro-steps per optimizer step"),
-    ("steps", int, "optimizer steps the schedule plans"),
-    ("lr", float, "peak learning rate"),
-    ("warmup", int, "linear warm-up steps"),
-    ("lora-r", int, "LoRA rank; 0 = full fine-tuning"),
-    ("lora-alpha", int, "LoRA alpha"),
-    ("block-start", int, "curriculum: first block size b0"),
-    ("block-max", int, "curriculum: largest block size"),
-    ("block-ratio", int, "curriculum: growth factor r"),
-    ("block-warmup", int, "curriculum: steps before growth starts"),
-    ("block-stage-steps", int, "curriculum: steps per block size"),
-    ("block-growth-end", float, "curriculum: fraction of the run where the last size starts"),
-    ("ar-weight", float, "weight of the AR loss on the clean stream"),
-    ("seed", int, "seed of data order, noise and initialisation"),
-    ("save-every", int, "checkpoint every N steps"),
-    ("attention-chunk", int, "query chunk of the chunked training attention"),
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -482,27 +453,7 @@ def _add_adapt_command(sub) -> None:
     """adapt: continued training (AdaptConfig's settings as flags)."""
     p = sub.add_parser("adapt", help="continued training into a block-diffusion model")
     p.add_argument("--config", help="JSON file of AdaptConfig settings (flags override it)")
-    p.add_argument("--data", action="append", help="PATH[:WEIGHT] (repeatable)")
-    p.add_argument("--out")
-    p.add_argument("--model")
-    p.add_argument("--field", help="record field (default: messages if present, else text)")
-    p.add_argument("--init-adapter", help="start LoRA and mask embedding from an adapter "
-                   "export (same --lora-r), to continue an earlier adaptation")
-    for name, typ, text in ADAPT_FLAGS:
-        p.add_argument(f"--{name}", type=typ, help=text + " (default: the config's, else "
-                       "AdaptConfig's)")
-    p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
-                   help="long-context stage: RoPE scaling beyond the base window, e.g. yarn:4")
-    p.add_argument("--pack-documents", action="store_true",
-                   help="pack text with document boundaries (no attention across documents)")
-    p.add_argument("--attention", choices=["auto", "dense", "chunked"],
-                   help="training attention: chunked keeps memory linear in --seq-len")
-    p.add_argument("--schedule", choices=["cosine", "wsd"])
-    p.add_argument("--mask-schedule", choices=["block", "sequence"])
-    p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--inverse-t-weight", action="store_true")
-    p.add_argument("--complementary", action="store_true")
-    p.add_argument("--grad-checkpointing", action="store_true")
+    _add_adapt_flags(p)
     p.add_argument("--resume", nargs="?", const="latest", choices=["latest", "previous"],
                    help="continue the run in --out from its latest checkpoint (previous: the "
                    "one before a corrupt latest); the settings must match the stored run's")
@@ -511,6 +462,26 @@ def _add_adapt_command(sub) -> None:
     p.add_argument("--stop-at", type=int, help="end this call after step N, a multiple of "
                    "--save-every so it is checkpointed (the schedule still plans --steps)")
     p.set_defaults(func=cmd_adapt)
+
+
+def _add_adapt_flags(p) -> None:
+    """One flag per AdaptConfig field, help and choices from its definition (opt)."""
+    from .training.adapt_config import AdaptConfig
+
+    types = {"int": int, "float": float, "str": str}
+    for f in dataclasses.fields(AdaptConfig):
+        flag, meta, kind = "--" + f.name.replace("_", "-"), f.metadata, f.type.split(" |")[0]
+        help_ = meta["help"].replace("%", "%%")  # argparse formats help with %
+        text = help_ if "default" in help_ else help_ + " (default: the config's, else " \
+            "AdaptConfig's)"
+        if kind == "bool":
+            p.add_argument(flag, action="store_true", help=help_)
+        elif kind == "list[str]":
+            p.add_argument(flag, action="append", help=help_)
+        elif f.name == "rope_scaling":
+            p.add_argument(flag, metavar="TYPE:FACTOR", help=help_)
+        else:
+            p.add_argument(flag, type=types[kind], choices=meta["choices"], help=text)
 
 
 def _add_export_commands(sub) -> None:

@@ -151,3 +151,27 @@ def test_progress_lines_when_not_a_terminal(capsys):
             tick()
     lines = capsys.readouterr().err.splitlines()
     assert [ln.split(" (")[0] for ln in lines] == [f"gsm8k ar: {n}/40" for n in (10, 20, 30, 40)]
+
+
+def test_every_adapt_setting_is_a_flag_that_reaches_the_config(monkeypatch, tmp_path):
+    import dataclasses
+
+    from nextblock.cli import build_parser
+    from nextblock.training import trainer
+    from nextblock.training.adapt_config import AdaptConfig
+
+    adapt = build_parser()._subparsers._group_actions[0].choices["adapt"]
+    assert {f.name for f in dataclasses.fields(AdaptConfig)} <= {a.dest for a in adapt._actions}
+    seen = {}
+    monkeypatch.setattr(trainer, "adapt", lambda cfg, **kw: seen.setdefault("cfg", cfg) and [])
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    assert main(["adapt", "--data", str(data), "--keep", "3", "--weight-decay", "0.1",
+                 "--training-mask", "block_causal", "--complementary"]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.keep, cfg.weight_decay, cfg.training_mask, cfg.complementary) == (
+        3, 0.1, "block_causal", True)
+    assert cfg.lr == AdaptConfig.lr and cfg.data == [str(data)]
+    with pytest.raises(SystemExit) as refused:  # its choices, from the same definition
+        main(["adapt", "--data", str(data), "--schedule", "linear"])
+    assert refused.value.code == 2

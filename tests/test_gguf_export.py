@@ -97,3 +97,25 @@ def test_bad_gguf_requests_are_one_clear_line(tmp_path, capsys):
     assert main(["export", "--model", qwen, "--gguf", "--adapter", "--out",
                  str(tmp_path / "q.gguf")]) == 2
     assert "leave out --adapter" in capsys.readouterr().err
+
+
+def test_llama_cpp_runs_the_file_with_nextblocks_greedy_tokens(default_lm, tmp_path):
+    """When llama.cpp's Python module is installed: the exported default (f32, so only the
+    order of float sums differs) decodes greedily as nextblock's float32 AR does."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed")
+    path = tmp_path / "default-f32.gguf"
+    assert main(["export", "--model", "default", "--gguf", "--gguf-type", "f32",
+                 "--out", str(path)]) == 0
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False)
+    for question in ("What is 2+3?", "Name three colours.", "Write a haiku about rain."):
+        text = TEXT.replace("Name three colours.", question)
+        ids = default_lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+        ours = default_lm.generate(text, chat=False, mode="ar", max_new_tokens=16).tokens
+        llm.reset()
+        theirs = []
+        for tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            theirs.append(tok)
+            if len(theirs) == len(ours) or tok == llm.token_eos():
+                break
+        assert theirs == ours[:len(theirs)] and len(theirs) == len(ours), question

@@ -12,7 +12,7 @@ import json
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -23,45 +23,64 @@ from .objective import ObjectiveSettings
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def opt(default, help: str, choices=None, factory=None):
+    """An AdaptConfig field with the help text and choices its `nextblock adapt` flag
+    shows (the CLI builds one flag per field from these)."""
+    meta = {"help": help, "choices": choices}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 @dataclass
 class AdaptConfig:
-    data: list[str] = field(default_factory=list)  # "path" or "path:weight"
-    out: str = "runs/adapt"
-    model: str | None = None
-    field: str | None = None  # record field (default: messages, else text)
-    seq_len: int = 256
-    batch_size: int = 2  # per process and micro-batch
-    grad_accum: int = 1
-    steps: int = 400
-    lr: float = 1e-4
-    warmup: int = 20
-    schedule: str = "cosine"  # cosine | wsd (constant, then linear decay over the last 20%)
-    weight_decay: float = 0.0
-    lora_r: int = 0  # 0: full fine-tuning
-    lora_alpha: int = 32
-    init_adapter: str | None = None  # start LoRA + mask embedding from an exported adapter
-    block_max: int = 4  # curriculum b(s) = min(b_max, b0 * r^floor(max(0, s - s0) / D))
-    block_start: int = 1  # b0
-    block_ratio: int = 2  # r
-    block_warmup: int = 0  # s0
-    block_stage_steps: int | None = None  # D; None: so that growth ends at block_growth_end
-    block_growth_end: float = 0.6  # fraction of the run where the last block size starts
-    ar_weight: float = 0.5
-    training_mask: str = "context_causal"  # or "block_causal" (ablation; ar_weight 0)
-    mask_schedule: str = "block"
-    inverse_t_weight: bool = False
-    complementary: bool = False
-    precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay fp32)
-    grad_checkpointing: bool = False
-    # long context: RoPE scaling for positions beyond the base window ("yarn:4" or a dict of
-    # RoPE parameters), text rows packed with document boundaries, attention path
-    rope_scaling: str | dict | None = None
-    pack_documents: bool = False
-    attention: str = "auto"  # auto | dense | chunked (see training.objective)
-    attention_chunk: int = 512
-    seed: int = 0
-    save_every: int = 50
-    keep: int = 2
+    data: list[str] = opt(None, "PATH[:WEIGHT] of a training file or folder (repeatable)",
+                          factory=list)
+    out: str = opt("runs/adapt", "the run's directory (checkpoints, metrics)")
+    model: str | None = opt(None, "the model to adapt (default: the shipped default)")
+    field: str | None = opt(None, "record field (default: messages if present, else text)")
+    seq_len: int = opt(256, "tokens per training row")
+    batch_size: int = opt(2, "rows per process and micro-step")
+    grad_accum: int = opt(1, "micro-steps per optimizer step")
+    steps: int = opt(400, "optimizer steps the schedule plans")
+    lr: float = opt(1e-4, "peak learning rate")
+    warmup: int = opt(20, "linear warm-up steps")
+    schedule: str = opt("cosine", "cosine (to 10%) or wsd (constant, then linear to 0 over "
+                        "the last 20%)", choices=("cosine", "wsd"))
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    lora_r: int = opt(0, "LoRA rank; 0 = full fine-tuning")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    init_adapter: str | None = opt(None, "start LoRA and the mask row from an adapter export "
+                                   "(same --lora-r), to continue an earlier adaptation")
+    # curriculum b(s) = min(b_max, b0 * r^floor(max(0, s - s0) / D))
+    block_max: int = opt(4, "curriculum: largest block size")
+    block_start: int = opt(1, "curriculum: first block size b0")
+    block_ratio: int = opt(2, "curriculum: growth factor r")
+    block_warmup: int = opt(0, "curriculum: steps before growth starts")
+    block_stage_steps: int | None = opt(None, "curriculum: steps per block size (default: "
+                                        "growth ends at --block-growth-end)")
+    block_growth_end: float = opt(0.6, "curriculum: fraction of the run where the last size "
+                                  "starts")
+    ar_weight: float = opt(0.5, "weight of the AR loss on the clean stream")
+    training_mask: str = opt("context_causal", "block_causal: the SDAR / Fast-dLLM v2 mask "
+                             "(ablation; needs --ar-weight 0)",
+                             choices=("context_causal", "block_causal"))
+    mask_schedule: str = opt("block", "masking rate t drawn per block or per sequence",
+                             choices=("block", "sequence"))
+    inverse_t_weight: bool = opt(False, "weight masked tokens by 1/t")
+    complementary: bool = opt(False, "add a copy with the complementary mask")
+    precision: str = opt("fp32", "bf16: autocast (weights stay fp32)", choices=("fp32", "bf16"))
+    grad_checkpointing: bool = opt(False, "recompute activations in the backward pass")
+    rope_scaling: str | dict | None = opt(None, "long-context stage: RoPE scaling beyond the "
+                                          "base window, e.g. yarn:4")
+    pack_documents: bool = opt(False, "pack text with document boundaries (no attention "
+                               "across documents)")
+    attention: str = opt("auto", "training attention: chunked keeps memory linear in "
+                         "--seq-len", choices=("auto", "dense", "chunked"))
+    attention_chunk: int = opt(512, "query chunk of the chunked training attention")
+    seed: int = opt(0, "seed of data order, noise and initialisation")
+    save_every: int = opt(50, "checkpoint every N steps")
+    keep: int = opt(2, "checkpoints kept")
 
     def validated(self) -> "AdaptConfig":
         if not self.data:
@@ -74,12 +93,10 @@ class AdaptConfig:
         if self.seq_len < self.block_max:
             raise ConfigError(f"seq_len={self.seq_len} is smaller than the block size "
                               f"{self.block_max}")
-        if self.schedule not in ("cosine", "wsd"):
-            raise ConfigError(f"invalid schedule={self.schedule!r}: cosine or wsd")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"invalid precision={self.precision!r}: fp32 or bf16")
-        if self.attention not in ("auto", "dense", "chunked"):
-            raise ConfigError(f"invalid attention={self.attention!r}: auto, dense or chunked")
+        for f in dataclasses.fields(self):  # the choices of its definition (opt)
+            if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]:
+                raise ConfigError(f"invalid {f.name}={getattr(self, f.name)!r}: expected one "
+                                  f"of {', '.join(f.metadata['choices'])}")
         if self.attention_chunk < 1:
             raise ConfigError(f"invalid attention_chunk={self.attention_chunk!r}: must be >= 1")
         if not self.lr > 0:
