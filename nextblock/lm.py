@@ -247,10 +247,7 @@ class _RowAccounts:
             self.ended.append(r)
 
     def on_step(self, ev: Step, seconds: float) -> None:
-        # the rows of this forward: a prefill's new rows, a commit's or verify's rows
-        # (listed in full, verify's before finished ones leave), else every live row
-        rows = list(ev.filled) if ev.kind in ("prefill", "commit", "verify") else sorted(
-            self.live)
+        rows = ev.rows  # the rows this forward ran (events.py)
         for r in rows:
             out = self.res[r]
             out.fused += ev.fused

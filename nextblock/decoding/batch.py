@@ -93,7 +93,8 @@ class Batch:
         self.look.invalidate()
         return Step("prefill", self.block_index, 0,
                     min(self.B, max(self.budget[r.id] for r in new)),
-                    {r.id: [(0, int(first[i]))] for i, r in enumerate(new)}, cached=cached)
+                    {r.id: [(0, int(first[i]))] for i, r in enumerate(new)}, cached=cached,
+                    rows=tuple(r.id for r in new))
 
     def _prefill(self, new: list[Request], capacity: int) -> tuple[Rows, torch.Tensor, bool]:
         """The new rows' cache and last logits; a stored prefix serves the first (once)."""

@@ -5,7 +5,9 @@ block's `Emit` (its final tokens, and the rows that ended with them), then the `
 the forward that stored it: `"commit"` (block and AR modes; not sent when no row is left)
 or `"verify"` (verified mode; always sent, after its Emit). A `Step("prefill")` starts
 every group of rows that joins; an `Emit` with only `finished` ("cancelled") reports rows
-that left. Every event names the rows it concerns by their ids.
+that left. Every event names the rows it concerns by their ids: an Emit in its dicts, a
+Step in `rows` (the rows the forward ran: a prefill's new rows, a verify's rows before the
+finished ones leave), so no consumer infers them from the event kind.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Step:
     cached: bool = False  # a prefill served whole by a stored prefix: no forward ran
     drafted: dict[int, tuple[int, int]] = field(default_factory=dict)  # verify: row ->
     # (drafted tokens checked, accepted)
+    rows: tuple[int, ...] = ()  # ids of the rows this forward ran
 
 
 @dataclass

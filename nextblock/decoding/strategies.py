@@ -69,7 +69,8 @@ def denoise(batch: Batch, block, ragged, done: list[int], greedy_draft: bool
         block.copy_(torch.where(transfer, tokens, block))
         guess = probs[:, -1].argmax(-1)
         yield Step("denoise", batch.block_index, done[0], block.shape[1],
-                   _filled(batch.alive, transfer, tokens, done), fused=ahead is not None)
+                   _filled(batch.alive, transfer, tokens, done), fused=ahead is not None,
+                   rows=tuple(batch.alive))
 
 
 def _commit_step(batch: Batch, block, guess) -> Step:
@@ -86,7 +87,7 @@ def _commit_step(batch: Batch, block, guess) -> Step:
     r0, n = batch.alive[0], len(batch.out[batch.alive[0]])
     return Step("commit", batch.block_index, n, batch.left(r0),
                 {r: [(len(batch.out[r]), int(batch.anchor[i]))]
-                 for i, r in enumerate(batch.alive)})
+                 for i, r in enumerate(batch.alive)}, rows=tuple(batch.alive))
 
 
 def ar(batch: Batch) -> Iterator[Step | Emit]:
@@ -134,7 +135,7 @@ def verified(batch: Batch) -> Iterator[Step | Emit]:
     step = Step("verify", batch.block_index, done[0] + kept[0], 0,
                 {r: [(done[i] + kept[i], int(batch.anchor[i]))] for i, r in enumerate(batch.alive)},
                 drafted={r: (n - 1, min(kept[i], n) - 1) for i, (r, n)
-                         in enumerate(zip(batch.alive, lens))})
+                         in enumerate(zip(batch.alive, lens))}, rows=tuple(batch.alive))
     ev = batch.emit([blk[i, :k] for i, k in enumerate(kept)], done)
     yield ev
     batch.look.offer(ahead, confirmed)

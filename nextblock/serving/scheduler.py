@@ -106,8 +106,8 @@ class _Batch:
             if isinstance(ev, Emit):
                 self._emit(ev)
                 continue
-            if ev.kind != "prefill" and not ev.fused and self.jobs:
-                self.sched.batch_sizes[len(self.jobs)] += 1
+            if ev.kind != "prefill" and not ev.fused and ev.rows:
+                self.sched.batch_sizes[len(ev.rows)] += 1  # the rows the forward ran
             return True
 
     def _emit(self, ev: Emit) -> None:

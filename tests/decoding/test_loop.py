@@ -257,6 +257,15 @@ def test_events_trace_and_emits_are_consistent():
                 filled[idx] = tok
         assert [filled[i] for i in range(len(res.tokens[row]))] == res.tokens[row]
         assert sum((e.tokens.get(row, []) for e in emits), []) == res.tokens[row]
+    # every Step names the rows its forward ran: in block mode, the rows not yet finished
+    alive = set()
+    for e in events:
+        if isinstance(e, Emit):
+            alive -= set(e.finished)
+        elif e.kind == "prefill":
+            alive |= set(e.rows)
+        else:
+            assert set(e.rows) == alive and set(e.filled) <= alive
     # within a denoise step, a row fills only positions of one sub-block
     for st in steps:
         if st.kind == "denoise":
