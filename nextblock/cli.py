@@ -60,12 +60,12 @@ def _add_model_args(p):
 def _add_decode_args(p):
     """One flag per DecodeSettings field, its help and choices from the field's own
     definition (config.setting); the values are checked by DecodeSettings.validated()."""
-    from .config import DecodeSettings
+    from .config import DecodeSettings, field_kind
 
     g = p.add_argument_group("decoding (defaults: the model's recommended settings)")
     types = {"int": int, "float": float, "str": str}
     for f in dataclasses.fields(DecodeSettings):
-        flag, meta, kind = "--" + f.name.replace("_", "-"), f.metadata, f.type.split(" |")[0]
+        flag, meta, kind = "--" + f.name.replace("_", "-"), f.metadata, field_kind(f)
         if kind == "bool":
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=meta["help"])
@@ -466,11 +466,12 @@ def _add_adapt_command(sub) -> None:
 
 def _add_adapt_flags(p) -> None:
     """One flag per AdaptConfig field, help and choices from its definition (opt)."""
+    from .config import field_kind
     from .training.adapt_config import AdaptConfig
 
     types = {"int": int, "float": float, "str": str}
     for f in dataclasses.fields(AdaptConfig):
-        flag, meta, kind = "--" + f.name.replace("_", "-"), f.metadata, f.type.split(" |")[0]
+        flag, meta, kind = "--" + f.name.replace("_", "-"), f.metadata, field_kind(f)
         help_ = meta["help"].replace("%", "%%")  # argparse formats help with %
         text = help_ if "default" in help_ else help_ + " (default: the config's, else " \
             "AdaptConfig's)"

@@ -112,9 +112,15 @@ class DecodeSettings:
         return self
 
 
+def field_kind(f) -> str:
+    """A settings field's type without its `| None`: "int", "float", "str", "bool",
+    "tuple[str, ...]", "list[str]" (annotations are strings here: postponed evaluation)."""
+    return f.type.split(" |")[0]
+
+
 def _invalid(f, v) -> str | None:
     """Why value v does not fit DecodeSettings field f (type, choices, bounds), or None."""
-    m, kind = f.metadata, f.type.split(" |")[0]
+    m, kind = f.metadata, field_kind(f)
     if v is None and f.default is None:
         return None
     if kind == "tuple[str, ...]":

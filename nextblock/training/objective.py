@@ -269,12 +269,12 @@ def objective(model, batch: NoisyBatch, settings: ObjectiveSettings | None = Non
     ar_sel = batch.loss_mask[:, 1:] & batch.ar_rows[:, None]
     ar_sum, _ = head_loss(head, clean[:, :-1][ar_sel], target[ar_sel], chunk=s.loss_chunk)
     sel = batch.masked[:, 1:]
-    n_masked = int(sel.sum())
+    n_masked, n_ar = batch.counts  # the counts a trainer normalises a whole step by
     if noisy is None or n_masked == 0:
         mdm_sum, n_correct = clean.sum() * 0.0, 0
     else:
         weight = 1.0 / batch.t[:, 1:][sel] if s.inverse_t_weight else None
         mdm_sum, n_correct = head_loss(head, noisy[:, :-1][sel], target[sel], weight,
                                        chunk=s.loss_chunk, count_hits=True)
-    return ObjectiveOutput(mdm_sum, n_masked, ar_sum, int(ar_sel.sum()), n_correct,
+    return ObjectiveOutput(mdm_sum, n_masked, ar_sum, n_ar, n_correct,
                            s.ar_weight, s.inverse_t_weight)
