@@ -12,6 +12,8 @@ part spent in its int8 matrix products (the same GEMMs called alone). The floors
 on this machine in the same run: weight bytes / memory bandwidth (a large copy) and FLOPs /
 peak (a large float32 GEMM; for int8, the engine's own GEMM at 48 rows). llama.cpp is
 timed too when the `llama_cpp` module is importable (the default model's GGUF file).
+Every row is timed in interleaved rounds and keeps its fastest one (`--rounds`), so a
+machine whose speed drifts (steal time on a virtual machine) distorts the ratios less.
 """
 
 from __future__ import annotations
@@ -38,15 +40,27 @@ def per_call(fn, seconds=0.6, min_calls=5):
     return (time.perf_counter() - t0) / n
 
 
+def interleaved(fns: dict, rounds: int, seconds: float = 0.15) -> dict:
+    """Seconds per call of each function, timed in `rounds` interleaved rounds (every
+    function once per round, a short burst each), the fastest round kept. On a shared or
+    virtual machine (steal time) the speed drifts over seconds: timing the T values side
+    by side, and keeping each one's least disturbed round, keeps their ratios honest."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            best[k] = min(best[k], per_call(fn, seconds, min_calls=3))
+    return best
+
+
 def bandwidth_gbs() -> float:
     a = torch.empty(64 * 2**20)  # 256 MB, far beyond the caches that matter per core
     b = torch.empty_like(a)
-    return 2 * a.numel() * 4 / per_call(lambda: b.copy_(a), 1.0) / 1e9
+    return 2 * a.numel() * 4 / min(per_call(lambda: b.copy_(a), 0.3) for _ in range(4)) / 1e9
 
 
 def fp32_peak_gflops() -> float:
     x, y = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    return 2 * 2048**3 / per_call(lambda: x @ y, 1.0) / 1e9
+    return 2 * 2048**3 / min(per_call(lambda: x @ y, 0.3) for _ in range(4)) / 1e9
 
 
 def forward_fn(lm, T: int, context: int):
@@ -101,7 +115,7 @@ def llama_cpp_row(lengths, context, threads):
             llm.eval(list(range(20, 20 + T)))
             return time.perf_counter() - t0
         run()
-        out[T] = sorted(run() for _ in range(5))[2] * 1000
+        out[T] = min(run() for _ in range(7)) * 1000  # the least disturbed, as above
     return out
 
 
@@ -112,6 +126,8 @@ def main(argv=None):
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--formats", default="float32,int8", help="which rows to time")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="interleaved timing rounds; each row keeps its fastest round")
     p.add_argument("--json")
     p.add_argument("--plot")
     args = p.parse_args(argv)
@@ -128,17 +144,19 @@ def main(argv=None):
     int8_peak = None
     if engine is not None:
         run48, macs = engine_gemms(engine, 48)
-        int8_peak = 2 * 48 * macs / per_call(run48) / 1e9
+        int8_peak = 2 * 48 * macs / min(per_call(run48, 0.3) for _ in range(3)) / 1e9
+    fns = {}
     for T in lengths:
         if "float32" in formats:
-            rows["float32 (torch)"][T] = per_call(forward_fn(ref, T, args.context)) * 1000
+            fns["float32 (torch)", T] = forward_fn(ref, T, args.context)
         flops = 2 * params * T
         floors["float32 floor"][T] = max(4 * params / bw / 1e6, flops / peak / 1e6)
         if engine is not None:
-            rows["int8 engine"][T] = per_call(forward_fn(fast, T, args.context)) * 1000
-            run, macs = engine_gemms(engine, T)
-            rows["int8 engine: GEMMs alone"][T] = per_call(run) * 1000
+            fns["int8 engine", T] = forward_fn(fast, T, args.context)
+            fns["int8 engine: GEMMs alone", T], macs = engine_gemms(engine, T)
             floors["int8 floor"][T] = max(macs / bw / 1e6, 2 * macs * T / int8_peak / 1e6)
+    for (name, T), sec in interleaved(fns, args.rounds).items():
+        rows[name][T] = sec * 1000
     cpp = llama_cpp_row(lengths, args.context, args.threads)
     if cpp:
         rows["llama.cpp (Q4_1 GGUF)"] = cpp

@@ -9,8 +9,11 @@ Counting rules (what makes the numbers comparable):
 - only generated tokens count (the stop token included, as `transformers` counts it); prompt
   tokens never do, and prefill time is part of the measured time of every row alike;
 - prompts run one at a time (batch 1), in the same order, with the same stop tokens;
-- each row starts with an untimed warm-up generation, then runs the whole prompt set
-  `repeats` times; tokens/s is the median over repeats of (tokens of the set / its seconds);
+- each row starts with an untimed warm-up generation; then the whole prompt set runs
+  `repeats` times, the rows interleaved (every row once per repeat), and tokens/s is the
+  tokens of the set over the median of its seconds. Interleaving puts every row under the
+  same conditions on a machine whose speed drifts (steal time on a virtual machine, turbo);
+  the passes are deterministic, so every repeat generates the same tokens;
 - agreement compares greedy outputs with nextblock AR's: exact match (whole completion)
   and token match (same token at the same position, over AR's tokens);
 - peak memory is the process's peak resident set (CPU; reset per row on Linux) or the peak
@@ -175,29 +178,22 @@ def _runner(lm, row: Row, max_new_tokens: int):
     return nb
 
 
-def measure(lm, row: Row, prompt_ids: list[list[int]], max_new_tokens: int,
-            repeats: int) -> Row:
-    fn = _runner(lm, row, max_new_tokens)
+def measure_pass(lm, row: Row, fn, prompt_ids: list[list[int]]) -> None:
+    """One timed pass of `row` over the prompt set (its runner `fn`), appended to it."""
+    reset_peak()
+    outputs, forwards, fused = [], 0, 0
     with torch.inference_mode():
-        fn(prompt_ids[0])  # warm-up, not timed
-        reset_peak()
-        rates = []
-        for _ in range(repeats):
-            outputs, forwards, fused = [], 0, 0
-            t0 = time.perf_counter()
-            for ids in prompt_ids:
-                toks, f, saved = fn(ids)
-                outputs.append(toks)
-                forwards, fused = forwards + f, fused + saved
-            dt = time.perf_counter() - t0
-            row.seconds.append(round(dt, 3))
-            tokens = sum(len(t) for t in outputs)
-            rates.append(tokens / dt)
-    row.tokens_per_s = statistics.median(rates)
-    row.tokens, row.forwards, row.fused_saved, row.outputs = tokens, forwards, fused, outputs
-    row.peak_mem_mb = round(peak_mb(), 1)
-    return row
-
+        t0 = time.perf_counter()
+        for ids in prompt_ids:
+            toks, f, saved = fn(ids)
+            outputs.append(toks)
+            forwards, fused = forwards + f, fused + saved
+        dt = time.perf_counter() - t0
+    row.seconds.append(round(dt, 3))
+    row.tokens, row.forwards, row.fused_saved, row.outputs = (
+        sum(len(t) for t in outputs), forwards, fused, outputs)
+    row.tokens_per_s = row.tokens / statistics.median(row.seconds)
+    row.peak_mem_mb = max(row.peak_mem_mb, round(peak_mb(), 1))
 
 def compare(rows: list[Row]) -> None:
     """Fill the speed-up and agreement columns from the AR and transformers rows."""
@@ -270,9 +266,14 @@ def bench(lm, prompts: list[str], rows: list[Row], max_new_tokens: int = 128,
     if repeats < 1 or max_new_tokens < 1:
         raise InputError("repeats and max_new_tokens must be >= 1")
     ids = [lm.encode(p, chat) for p in prompts]
-    for r in rows:
-        measure(lm, r, ids, max_new_tokens, repeats)
-        if progress is not None:
-            progress(r)
+    runners = [_runner(lm, r, max_new_tokens) for r in rows]
+    with torch.inference_mode():
+        for fn in runners:
+            fn(ids[0])  # warm-up, not timed
+    for rep in range(repeats):
+        for r, fn in zip(rows, runners):
+            measure_pass(lm, r, fn, ids)
+            if progress is not None and rep == repeats - 1:
+                progress(r)
     compare(rows)
     return rows

@@ -79,11 +79,12 @@ def _commit_step(batch: Batch, block, guess) -> Step:
     every row and the anchors confirm the guess."""
     sizes = {batch.left(r) for r in batch.alive}
     b2 = sizes.pop() if len(sizes) == 1 else 0  # fuse only when every next block fits
-    fuse = batch.s.fused_commit and guess is not None
+    fuse = batch.s.fused_commit and guess is not None and batch.look.worth()
     logits, ahead = commit(batch.rows, block, guess if fuse else None, b2,
                            batch.mask_token_id, block.shape[1] - 1)
     batch.anchor = batch.sampler.choose(batch.probs(logits, None))[:, 0]
-    batch.look.offer(ahead, ahead is not None and bool((batch.anchor == guess).all()))
+    if guess is not None:
+        batch.look.offer(ahead, bool((batch.anchor == guess).all()))
     r0, n = batch.alive[0], len(batch.out[batch.alive[0]])
     return Step("commit", batch.block_index, n, batch.left(r0),
                 {r: [(len(batch.out[r]), int(batch.anchor[i]))]
@@ -124,13 +125,13 @@ def verified(batch: Batch) -> Iterator[Step | Emit]:
     batch.block_index += 1
     nxt = {min(batch.B, batch.budget[r] - d - b) for r, d in zip(batch.alive, done)}
     b2 = nxt.pop() if len(nxt) == 1 and ragged is None else 0
-    fuse = batch.s.fused_commit and guess is not None
+    fuse = batch.s.fused_commit and guess is not None and batch.look.worth()
     logits, ahead = commit(batch.rows, blk, guess if fuse else None, b2, batch.mask_token_id,
                            0, causal=True)
     kept, batch.anchor = verify_draft(batch.sampler, batch.rows, blk, logits, batch.history)
     batch.rows.reject(kept, b)
     kept = kept.tolist()
-    confirmed = ahead is not None and all(k == b for k in kept) and bool(
+    confirmed = guess is not None and all(k == b for k in kept) and bool(
         (batch.anchor == guess).all())
     step = Step("verify", batch.block_index, done[0] + kept[0], 0,
                 {r: [(done[i] + kept[i], int(batch.anchor[i]))] for i, r in enumerate(batch.alive)},
@@ -138,7 +139,8 @@ def verified(batch: Batch) -> Iterator[Step | Emit]:
                          in enumerate(zip(batch.alive, lens))}, rows=tuple(batch.alive))
     ev = batch.emit([blk[i, :k] for i, k in enumerate(kept)], done)
     yield ev
-    batch.look.offer(ahead, confirmed)
+    if guess is not None:
+        batch.look.offer(ahead, confirmed)
     batch.drop(ev.finished)
     if not batch.empty:
         step.size = max(batch.left(r) for r in batch.alive)
@@ -158,6 +160,11 @@ def verify_draft(sampler: Sampler, rows: Rows, block, logits, history: bool):
     output then follows the AR sampling distribution exactly. Returns (tokens kept per
     row, counting the anchor; the next anchor)."""
     n, b = block.shape
+    if sampler.s.greedy and not history:  # all positions at once (the same per-row softmax)
+        choice = sampler.probs(logits[:, :b], None).argmax(-1)
+        ok = (choice[:, :-1] == block[:, 1:]).long().cumprod(1)
+        kept = 1 + ok.sum(1)
+        return kept, choice.gather(1, (kept - 1)[:, None])[:, 0]
     kept = torch.ones(n, dtype=torch.long, device=block.device)
     anchor = torch.zeros(n, dtype=torch.long, device=block.device)
     open_rows = torch.ones(n, dtype=torch.bool, device=block.device)

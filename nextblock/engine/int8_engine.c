@@ -88,13 +88,13 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-static void silu_mul(float *g, const float *u, int n) {
+static void silu_mul(const float *g, const float *u, float *out, int n) {
     for (int i = 0; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         __m512 x = _mm512_maskz_loadu_ps(k, g + i), y = _mm512_maskz_loadu_ps(k, u + i);
         __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
         __m512 r = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-        _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(r, y));
+        _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(r, y));
     }
 }
 
@@ -119,8 +119,8 @@ static void quant_row(const float *x, uint8_t *q, float *sx, int d, int kp) {
     }
 }
 #else
-static void silu_mul(float *g, const float *u, int n) {
-    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+static void silu_mul(const float *g, const float *u, float *out, int n) {
+    for (int i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 /* One row to unsigned bytes (q + 128), one scale per group of 64 inputs (as above). */
@@ -210,7 +210,9 @@ NB_TILE(3, 2)
 NB_TILE(4, 2)
 NB_TILE(5, 1)
 NB_TILE(6, 1)
-#define NB_MR 6
+NB_TILE(7, 1)
+NB_TILE(8, 1)
+#define NB_MR 8
 #else
 /* Portable path: the same packed layout, int32 group sums and float order of groups. */
 static void tile_scalar(const QLinear *L, const uint8_t *x, const float *sx, int MR, int c,
@@ -243,11 +245,12 @@ static void tile_scalar(const QLinear *L, const uint8_t *x, const float *sx, int
 #endif
 
 /* Each 32-channel chunk of weights is read from memory once for all M rows: its row tiles
- * run back to back while the chunk sits in L2. */
+ * run back to back while the chunk sits in L2. A worksharing loop: called by every thread
+ * of the enclosing parallel region (one region per forward: barriers, not fork/join). */
 static void qgemm(const QLinear *L, const uint8_t *x, const float *sx, int M, float *y,
                   int ldy) {
     int chunks = L->n / 32, ng = L->k / NB_GROUP;
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
     for (int c = 0; c < chunks; c++)
         for (int m0 = 0; m0 < M; m0 += NB_MR) {
             int mr = M - m0 < NB_MR ? M - m0 : NB_MR;
@@ -261,7 +264,9 @@ static void qgemm(const QLinear *L, const uint8_t *x, const float *sx, int M, fl
             case 3: tile3(L, xr, sr, c, yr, ldy); break;
             case 4: tile4(L, xr, sr, c, yr, ldy); break;
             case 5: tile5(L, xr, sr, c, yr, ldy); break;
-            default: tile6(L, xr, sr, c, yr, ldy); break;
+            case 6: tile6(L, xr, sr, c, yr, ldy); break;
+            case 7: tile7(L, xr, sr, c, yr, ldy); break;
+            default: tile8(L, xr, sr, c, yr, ldy); break;
             }
 #else
             tile_scalar(L, xr, sr, mr, c, yr, ldy);
@@ -269,13 +274,22 @@ static void qgemm(const QLinear *L, const uint8_t *x, const float *sx, int M, fl
         }
 }
 
-/* x [M, d] -> y [M, L->n]; q [M, L->k] bytes and sx [M, L->k / 64] are scratch. */
-void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
-               float *y) {
+/* x [M, d] -> y [M, L->n] (x and y may alias: every row is quantised before the GEMM
+ * writes); q [M, L->k] bytes and sx [M, L->k / 64] are scratch. Inside a parallel region. */
+static void linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
+                   float *y) {
     int ng = L->k / NB_GROUP;
+#pragma omp for schedule(static)
     for (int m = 0; m < M; m++)
         quant_row(x + (size_t)m * d, q + (size_t)m * L->k, sx + (size_t)m * ng, d, L->k);
     qgemm(L, q, sx, M, y, L->n);
+}
+
+/* The same, called alone (the benchmark's GEMM rows): its own parallel region. */
+void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
+               float *y) {
+#pragma omp parallel
+    linear(L, x, M, d, q, sx, y);
 }
 
 /* ---- attention: per (row, head, query), 16 keys a step ----------------------------------
@@ -287,14 +301,24 @@ void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float
  * verified decoding leaves in a batch) change a bit: a T-token pass gives the bits of T
  * one-token passes, and a row with holes those of the same keys without them. */
 
-static void attend_scalar(const float *q, const float *kb, const float *vb, const uint8_t *mk,
-                          int K, int hd, float scale, float *s, float *o) {
-    float mx = -INFINITY, sum = 0.0f;
+/* The score pass of one query: s[j] = q . k_j * scale for the visible keys; returns their
+ * max (-inf when the query sees no key). */
+static float scores_scalar(const float *q, const float *kb, const uint8_t *mk, int K, int hd,
+                           float scale, float *s) {
+    float mx = -INFINITY;
     for (int j = 0; j < K; j++)
         if (mk[j]) {
             s[j] = dot16(q, kb + (size_t)j * hd, hd) * scale;
             mx = fmaxf(mx, s[j]);
         }
+    return mx;
+}
+
+/* The value pass: o = sum_j exp(s_j - mx) v_j / sum_j exp(s_j - mx), over the visible keys
+ * in order (s is overwritten with the weights). */
+static void values_scalar(float *s, float mx, const float *vb, const uint8_t *mk, int K,
+                          int hd, float *o) {
+    float sum = 0.0f;
     for (int i = 0; i < hd; i++) o[i] = 0.0f;
     if (mx == -INFINITY) return;  /* a row that sees nothing (padding) */
     for (int j = 0; j < K; j++)
@@ -333,10 +357,11 @@ static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
     return _mm_mask_cmpneq_epi8_mask(in, m, _mm_setzero_si128());
 }
 
-/* NV = hd / 16 vectors per key: the query and the output stay in registers. */
+/* The two passes over 16 keys a step, NV = hd / 16 vectors per key (the query and the
+ * output stay in registers). */
 #define ATTEND(NV)                                                                           \
-    static void attend##NV(const float *q, const float *kb, const float *vb,                 \
-                           const uint8_t *mk, int K, float scale, float *s, float *o) {      \
+    static float scores##NV(const float *q, const float *kb, const uint8_t *mk, int K,       \
+                            float scale, float *s) {                                         \
         const int hd = 16 * NV;                                                               \
         __m512 qv[NV], acc[16], mxv = _mm512_set1_ps(-INFINITY);                              \
         for (int i = 0; i < NV; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);                    \
@@ -355,7 +380,11 @@ static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
             _mm512_storeu_ps(s + j0, sc);                                                     \
             mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);                                        \
         }                                                                                     \
-        float mx = _mm512_reduce_max_ps(mxv);                                                 \
+        return _mm512_reduce_max_ps(mxv);                                                     \
+    }                                                                                         \
+    static void values##NV(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
+                           float *o) {                                                        \
+        const int hd = 16 * NV;                                                               \
         __m512 ov[NV];                                                                        \
         float sum = 0.0f;                                                                     \
         for (int i = 0; i < NV; i++) ov[i] = _mm512_setzero_ps();                            \
@@ -385,31 +414,58 @@ ATTEND(4)
 ATTEND(8)
 #endif
 
+static float scores_of(const Model *m, const float *q, const float *kb, const uint8_t *mk,
+                       int K, float *s) {
+#if NB_VNNI
+    if (m->hd == 64) return scores4(q, kb, mk, K, m->attn_scale, s);
+    if (m->hd == 128) return scores8(q, kb, mk, K, m->attn_scale, s);
+#endif
+    return scores_scalar(q, kb, mk, K, m->hd, m->attn_scale, s);
+}
+
+static void values_of(const Model *m, float *s, float mx, const float *vb, const uint8_t *mk,
+                      int K, float *o) {
+#if NB_VNNI
+    if (m->hd == 64) { values4(s, mx, vb, mk, K, o); return; }
+    if (m->hd == 128) { values8(s, mx, vb, mk, K, o); return; }
+#endif
+    values_scalar(s, mx, vb, mk, K, m->hd, o);
+}
+
+#define NB_QCHUNK 4  /* queries of one head per work item: their keys stay in L1 per pass */
+
+/* One work item is (row, head, up to NB_QCHUNK queries): all their scores first (the keys
+ * read from L1 after the first query), then all their values. */
 static void attention(const Model *m, const float *qkv, int B, int T, const uint8_t *mask,
                       int K, const float *kc, const float *vc, int maxlen, float *out,
                       float *scores) {
     int H = m->n_heads, G = m->n_heads / m->n_kv, hd = m->hd, ld = m->layers[0].qkv.n;
-    int Kp = (K + 15) / 16 * 16;  /* per-thread score rows, padded to whole vectors */
-#pragma omp parallel for collapse(2) schedule(static)
+    int Kp = (K + 15) / 16 * 16, chunks = (T + NB_QCHUNK - 1) / NB_QCHUNK;
+    float *s = scores + (size_t)omp_get_thread_num() * NB_QCHUNK * Kp;
+#pragma omp for collapse(3) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            float *s = scores + (size_t)omp_get_thread_num() * Kp;
-            const float *kb = kc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
-            const float *vb = vc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
-            for (int t = 0; t < T; t++) {
-                const float *q = qkv + (size_t)(b * T + t) * ld + m->layers[0].q_off + h * hd;
-                const uint8_t *mk = mask + (size_t)(b * T + t) * K;
-                float *o = out + (size_t)(b * T + t) * H * hd + h * hd;
-#if NB_VNNI
-                if (hd == 64) { attend4(q, kb, vb, mk, K, m->attn_scale, s, o); continue; }
-                if (hd == 128) { attend8(q, kb, vb, mk, K, m->attn_scale, s, o); continue; }
-#endif
-                attend_scalar(q, kb, vb, mk, K, hd, m->attn_scale, s, o);
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < chunks; c++) {
+                const float *kb = kc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
+                const float *vb = vc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
+                int t0 = c * NB_QCHUNK, t1 = t0 + NB_QCHUNK < T ? t0 + NB_QCHUNK : T;
+                float mx[NB_QCHUNK];
+                for (int t = t0; t < t1; t++) {
+                    const float *q = qkv + (size_t)(b * T + t) * ld + m->layers[0].q_off + h * hd;
+                    mx[t - t0] = scores_of(m, q, kb, mask + (size_t)(b * T + t) * K, K,
+                                           s + (size_t)(t - t0) * Kp);
+                }
+                for (int t = t0; t < t1; t++)
+                    values_of(m, s + (size_t)(t - t0) * Kp, mx[t - t0], vb,
+                              mask + (size_t)(b * T + t) * K, K,
+                              out + (size_t)(b * T + t) * H * hd + h * hd);
             }
-        }
 }
 
+/* nowait: what follows (the next RMSNorm) is a static loop over the same rows, which
+ * OpenMP gives to the same threads, so each thread reads only rows it wrote. */
 static void residual(float *h, const float *y, int M, int d, int ldy) {
+#pragma omp for schedule(static) nowait
     for (int r = 0; r < M; r++)
         for (int i = 0; i < d; i++) h[(size_t)r * d + i] += y[(size_t)r * ldy + i];
 }
@@ -419,17 +475,22 @@ static void residual(float *h, const float *y, int M, int d, int ldy) {
 typedef struct {
     float *x, *qkv, *att, *mlp;   /* [M, d], [M, qkv.n], [M, H*hd], [M, gate_up.n] */
     uint8_t *q;                   /* [M, max k] */
-    float *sx, *scores;           /* [M], [threads, K] */
+    float *sx, *scores;           /* [M], [threads, NB_QCHUNK, K] */
 } Scratch;
 
+/* Every thread of the forward's parallel region runs this; each phase is a worksharing
+ * loop over rows (or channels), so the row-wise work is split too. Which thread computes a
+ * row changes none of its bits. */
 static void layer_forward(const Model *m, int li, float *h, int B, int T, const float *cos,
                           const float *sin, const uint8_t *mask, int K, float *kc, float *vc,
                           int cache_len, int maxlen, long layer_stride, Scratch *s) {
     const Layer *L = &m->layers[li];
     int M = B * T, d = m->d, hd = m->hd;
     size_t lay = (size_t)li * layer_stride;  /* the cache may hold spare rows per layer */
+#pragma omp for schedule(static) nowait  /* the next loop takes the same rows */
     for (int r = 0; r < M; r++) rmsnorm(h + (size_t)r * d, L->ln1, s->x + (size_t)r * d, d, m->eps);
-    nb_linear(&L->qkv, s->x, M, d, s->q, s->sx, s->qkv);
+    linear(&L->qkv, s->x, M, d, s->q, s->sx, s->qkv);
+#pragma omp for schedule(static)
     for (int r = 0; r < M; r++) {
         float *row = s->qkv + (size_t)r * L->qkv.n;
         int b = r / T, t = r % T;
@@ -448,18 +509,18 @@ static void layer_forward(const Model *m, int li, float *h, int B, int T, const 
         }
     }
     attention(m, s->qkv, B, T, mask, K, kc + lay, vc + lay, maxlen, s->att, s->scores);
-    nb_linear(&L->o, s->att, M, m->n_heads * hd, s->q, s->sx, s->x);
+    linear(&L->o, s->att, M, m->n_heads * hd, s->q, s->sx, s->x);
     residual(h, s->x, M, d, L->o.n);
+#pragma omp for schedule(static) nowait  /* the next loop takes the same rows */
     for (int r = 0; r < M; r++) rmsnorm(h + (size_t)r * d, L->ln2, s->x + (size_t)r * d, d, m->eps);
-    nb_linear(&L->gate_up, s->x, M, d, s->q, s->sx, s->mlp);
+    linear(&L->gate_up, s->x, M, d, s->q, s->sx, s->mlp);
     int gn = L->gate_up.n;
-    for (int r = 0; r < M; r++) {
-        float *g = s->mlp + (size_t)r * gn, *u = g + L->up_off;
-        silu_mul(g, u, m->ffn);
+#pragma omp for schedule(static) nowait  /* the down projection quantises the same rows */
+    for (int r = 0; r < M; r++) {  /* silu(gate) * up into x, as [M, ffn] rows */
+        float *g = s->mlp + (size_t)r * gn;
+        silu_mul(g, g + L->up_off, s->x + (size_t)r * m->ffn, m->ffn);
     }
-    for (int r = 0; r < M; r++)  /* compact the activations to [M, ffn] rows */
-        memmove(s->mlp + (size_t)r * m->ffn, s->mlp + (size_t)r * gn, m->ffn * sizeof(float));
-    nb_linear(&L->down, s->mlp, M, m->ffn, s->q, s->sx, s->x);
+    linear(&L->down, s->x, M, m->ffn, s->q, s->sx, s->x);
     residual(h, s->x, M, d, L->down.n);
 }
 
@@ -485,9 +546,10 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
     s.att = p; p += (size_t)M * m->n_heads * m->hd;
     s.mlp = p; p += (size_t)M * m->layers[0].gate_up.n;
     s.sx = p; p += (size_t)M * (maxk / 64 + 1);
-    s.scores = p; p += (size_t)threads * ((K + 15) / 16 * 16);
+    s.scores = p; p += (size_t)threads * NB_QCHUNK * ((K + 15) / 16 * 16);
     s.q = (uint8_t *)p;
     omp_set_num_threads(threads);
+#pragma omp parallel
     for (int li = 0; li < m->n_layers; li++)
         layer_forward(m, li, h, B, T, cos, sin, mask, K, kc, vc, cache_len, maxlen,
                       layer_stride, &s);
@@ -497,16 +559,20 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
 long nb_scratch_floats(const Model *m, int M, int K, int threads) {
     int maxk = max_k(m);
     return (long)M * (maxk + m->layers[0].qkv.n + m->n_heads * m->hd + m->layers[0].gate_up.n
-                      + maxk / 64 + 1 + maxk / 4 + 1) + (long)threads * (K + 16) + 64;
+                      + maxk / 64 + 1 + maxk / 4 + 1) + (long)threads * NB_QCHUNK * (K + 16) + 64;
 }
 
 /* Final norm of M rows into `normed`; then, unless logits is NULL, the LM head. */
 void nb_head(const Model *m, const float *h, int M, float *normed, uint8_t *q, float *sx,
              float *logits, int threads) {
     omp_set_num_threads(threads);
-    for (int r = 0; r < M; r++)
-        rmsnorm(h + (size_t)r * m->d, m->norm, normed + (size_t)r * m->d, m->d, m->eps);
-    if (logits) nb_linear(&m->head, normed, M, m->d, q, sx, logits);
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int r = 0; r < M; r++)
+            rmsnorm(h + (size_t)r * m->d, m->norm, normed + (size_t)r * m->d, m->d, m->eps);
+        if (logits) linear(&m->head, normed, M, m->d, q, sx, logits);
+    }
 }
 
 /* Pack an int8 [n_real, k_real] row-major weight into the VNNI layout (zero padding). */
