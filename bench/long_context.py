@@ -154,7 +154,9 @@ def _scaling_for(lm, length: int, kind: str) -> str | None:
 def bench_decode(args) -> list[dict]:
     import nextblock
     from nextblock.cache import KVCache
-    from nextblock.decoding.loop import Result, decode, prefill
+    from nextblock.decoding.engine import Engine
+    from nextblock.decoding.events import Request
+    from nextblock.decoding.loop import prefill
 
     out, lm, scaling = [], None, "unset"
     probe = nextblock.load(args.model, dtype="float32")  # tokenizer and context only
@@ -176,21 +178,22 @@ def bench_decode(args) -> list[dict]:
             if mode != "ar":
                 kw.update(block_size=args.block_size, threshold=args.threshold)
             s = lm.settings(**kw)
-            res, stamps = Result.empty([tokens[:P]]), []
+            eng, stamps = Engine(lm.model, s, prefix=prefix, max_context=lm.context_length,
+                                 mask_token_id=lm.config.mask_token_id), []
+            eng.submit(Request(0, tokens[:P], args.new))  # no stop token: --new tokens
             reset_peak()
-            with torch.inference_mode():  # no stop token: every mode writes --new tokens
-                for ev in decode(lm.model, [tokens[:P]], s, prefix=prefix,
-                                 mask_token_id=lm.config.mask_token_id,
-                                 max_context=lm.context_length):
+            with torch.inference_mode():
+                while eng.busy:
+                    eng.step()
                     stamps.append(time.perf_counter())
-                    res.add(ev)
             end = time.perf_counter()
+            res = eng.result([0])
             rec = {"length": L, "mode": mode, "rope_scaling": scaling, "prefill_s": prefill_s,
                    "prefill_peak_mb": prefill_peak, "tokens": res.new_tokens,
                    "decode_tok_s": res.new_tokens / (end - stamps[0]),
                    "tokens_per_forward": res.new_tokens / max(1, res.forwards),
                    "peak_mb": peak_mb(), "kv_cache_mb": per_token * L / 2**20,
-                   "output": res.tokens[0]}
+                   "output": res.tokens}
             if mode == "ar":
                 ar = rec
             rec["speedup_vs_ar"] = rec["decode_tok_s"] / ar["decode_tok_s"] if ar else None

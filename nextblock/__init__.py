@@ -7,7 +7,8 @@
 
 from .config import BlockConfig, DecodeSettings
 from .errors import ConfigError, InputError, ModelLoadError, NextBlockError
-from .lm import Completion, Generation, NextBlockModel
+from .decoding.events import Completion, Generation
+from .lm import NextBlockModel
 from .loading import load
 
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from .config import DecodeSettings
-from .decoding.loop import run
+from .decoding.engine import run
 from .errors import InputError
 
 BLOCK_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -174,7 +174,7 @@ def _runner(lm, row: Row, max_new_tokens: int):
     def nb(ids):
         res = run(lm.model, [ids], s, mask_token_id=lm.config.mask_token_id,
                   stop_token_ids=stop, max_context=lm.context_length)
-        return res.tokens[0], res.forwards, res.fused
+        return res.all_tokens[0], res.forwards, res.fused
     return nb
 
 

@@ -138,16 +138,15 @@ def cmd_generate(args) -> int:
     elif not args.json and len(prompts) == 1:  # stream the text as blocks commit
         import time
 
-        from .decoding.loop import Result
+        from .decoding.events import Generation
 
-        s = lm.settings(**kw)  # validate before printing anything
-        res = Result.empty([[]])
+        gen = Generation.empty([[]], lm.settings(**kw))  # validates before printing anything
         t0 = time.perf_counter()
-        for piece in lm.stream(prompts[0], chat=chat, on_event=res.add, **kw):
+        for piece in lm.stream(prompts[0], chat=chat, on_event=gen.add, **kw):
             print(piece, end="", flush=True)
         print()
-        res.seconds = time.perf_counter() - t0
-        gen = lm.generation(res, s)
+        gen.seconds = time.perf_counter() - t0
+        gen = lm.with_text(gen)
         print(_summary(gen), file=sys.stderr)
         return 0
     else:

@@ -13,52 +13,16 @@ generation API on top of the decoding loop.
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from . import text as textlib
 from .config import BlockConfig, DecodeSettings
-from .decoding.loop import Emit, Prefix, Request, Result, Step, decode, prefill, run
+from .decoding.engine import Engine, run
+from .decoding.events import Emit, Generation, Prefix, Request, Step
+from .decoding.loop import prefill
 from .errors import InputError
 from .modeling import context_limit
-
-
-@dataclass
-class Completion:
-    text: str
-    tokens: list[int]
-    finish_reason: str  # "stop" | "length"
-    prompt_tokens: int
-
-
-@dataclass
-class Generation:
-    completions: list[Completion]
-    settings: DecodeSettings
-    forwards: int
-    seconds: float
-    trace: list[Step] | None = None
-    prompts: list[list[int]] = field(default_factory=list)
-    fused: int = 0  # forwards the fused commit saved
-    drafted: int = 0  # verified mode: drafted tokens checked / accepted
-    accepted: int = 0
-
-    @property
-    def text(self) -> str:
-        return self.completions[0].text
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.completions[0].tokens
-
-    @property
-    def new_tokens(self) -> int:
-        return sum(len(c.tokens) for c in self.completions)
-
-    @property
-    def tokens_per_forward(self) -> float:
-        return self.new_tokens / max(1, self.forwards)
 
 
 @dataclass
@@ -99,6 +63,10 @@ class NextBlockModel:
                              f"{self.context_length} tokens")
         return ids
 
+    def _loop_kw(self) -> dict:
+        return dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,
+                    max_context=self.context_length)
+
     def _prepare(self, prompts, chat, settings, overrides, prefix=None):
         single = isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], dict))
@@ -108,9 +76,7 @@ class NextBlockModel:
         batch = [prompts] if single else list(prompts)
         ids = [self.encode(p, chat) for p in batch]
         s = self.settings(settings, **overrides)
-        kw = dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,
-                  stop_fn=textlib.stop_checker(self.tokenizer, s.stop),
-                  max_context=self.context_length)
+        kw = dict(self._loop_kw(), stop_fn=textlib.stop_checker(self.tokenizer, s.stop))
         if prefix is not None:
             if len(ids) != 1 or ids[0][:len(prefix.tokens)] != prefix.tokens:
                 raise InputError("prefix: it serves one prompt that starts with the prefilled "
@@ -125,8 +91,7 @@ class NextBlockModel:
         are DecodeSettings fields: mode, block_size, sub_block, threshold, temperature, ...
         `prefix` (from `prefill`): the prompt's beginning, already prefilled."""
         ids, s, kw = self._prepare(prompts, chat, settings, overrides, prefix)
-        res = run(self.model, ids, s, trace=trace, on_event=on_event, **kw)
-        return self.generation(res, s, ids)
+        return self.with_text(run(self.model, ids, s, trace=trace, on_event=on_event, **kw))
 
     def generate_each(self, prompts, *, batch_size: int = 8, chat: bool | None = None,
                       settings: DecodeSettings | None = None, stops=None, seeds=None,
@@ -151,31 +116,15 @@ class NextBlockModel:
         seeds = list(seeds) if seeds is not None else [s.seed] * len(ids)
         if len(stops) != len(ids) or len(seeds) != len(ids):
             raise InputError(f"stops and seeds: one entry per prompt ({len(ids)} prompts)")
-        checkers = [textlib.stop_checker(self.tokenizer, st) for st in stops]
-        rows = _RowAccounts(iter([Request(i, p, s.max_new_tokens, seeds[i])
-                                  for i, p in enumerate(ids)]))
-        first = rows.take(batch_size)
-        if not first:
-            return
-
-        def stop_fn(row, tokens):
-            return None if checkers[row] is None else checkers[row](0, tokens)
-
-        kw = dict(mask_token_id=self.config.mask_token_id, stop_token_ids=self.stop_token_ids,
-                  stop_fn=stop_fn, max_context=self.context_length,
-                  admit=lambda: (rows.take(batch_size - len(rows.live)), set()))
+        eng = Engine(self.model, s, **self._loop_kw(), max_batch=batch_size)
+        for i, p in enumerate(ids):
+            eng.submit(Request(i, p, s.max_new_tokens, seeds[i]),
+                       stop_fn=textlib.stop_checker(self.tokenizer, stops[i]))
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            for ev in decode(self.model, first, s, **kw):
-                if isinstance(ev, Emit):
-                    rows.on_emit(ev)
-                    continue
-                rows.on_step(ev, time.perf_counter() - t0)
-                for r, out in rows.handout():
-                    yield r, self.generation(out, s, [ids[r]], stops[r])
-                t0 = time.perf_counter()  # the consumer's time is not decoding time
-        for r, out in rows.handout():
-            yield r, self.generation(out, s, [ids[r]], stops[r])
+            while eng.busy:
+                eng.step()
+                for i, g in eng.finished():
+                    yield i, self.with_text(g, stops[i])
 
     def prefill(self, prompt, *, chat: bool | None = None, prefill_chunk: int = 2048) -> Prefix:
         """Prefill one prompt once, to decode from it many times: `generate(prompt,
@@ -185,15 +134,12 @@ class NextBlockModel:
         return prefill(self.model, self.encode(prompt, chat),
                        mask_token_id=self.config.mask_token_id, chunk=prefill_chunk)
 
-    def generation(self, res: Result, s: DecodeSettings, ids=(), stops=None) -> Generation:
-        """A loop Result as text completions with their counters (cut at `stops`, default
-        the settings' stop strings)."""
-        stops = s.stop if stops is None else stops
-        completions = [
-            Completion(textlib.final_text(self.tokenizer, toks, stops), toks, why, n)
-            for toks, why, n in zip(res.tokens, res.finish_reasons, res.prompt_tokens)]
-        return Generation(completions, s, res.forwards, res.seconds, res.trace, list(ids),
-                          res.fused, res.drafted, res.accepted)
+    def with_text(self, gen: Generation, stops=None) -> Generation:
+        """The completions' text: decoded, cut at `stops` (default: the settings')."""
+        stops = gen.settings.stop if stops is None else stops
+        gen.completions = [replace(c, text=textlib.final_text(self.tokenizer, c.tokens, stops))
+                           for c in gen.completions]
+        return gen
 
     def stream(self, prompt, *, chat: bool | None = None, settings: DecodeSettings | None = None,
                on_event: Callable[[Step | Emit], None] | None = None,
@@ -203,14 +149,15 @@ class NextBlockModel:
 
         ids, s, kw = self._prepare(prompt, chat, settings, overrides, prefix)
         out = textlib.TextStream(self.tokenizer, s.stop)
+        eng = Engine(self.model, s, prefix=kw.pop("prefix", None), **kw)
+        eng.submit(Request(0, ids[0], s.max_new_tokens, s.seed))
         with torch.inference_mode():
-            for ev in decode(self.model, ids, s, **kw):
-                if on_event is not None:
-                    on_event(ev)
-                if isinstance(ev, Emit):
-                    delta = out.push(ev.tokens.get(0, []), final=bool(ev.finished))
-                    if delta:
-                        yield delta
+            while eng.busy:
+                for ev in eng.step(on_event):
+                    if isinstance(ev, Emit):
+                        delta = out.push(ev.tokens.get(0, []), final=bool(ev.finished))
+                        if delta:
+                            yield delta
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write a Hugging Face directory (safetensors) with nextblock.json beside it: the
@@ -219,47 +166,4 @@ class NextBlockModel:
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         self.config.save(directory)
-
-
-class _RowAccounts:
-    """The per-row Results of a continuous-batching run (generate_each): tokens and finish
-    reasons from Emit events; forwards, drafts and a share of each forward's wall time from
-    Step events; a row that ended is handed out after the forward that ended it."""
-
-    def __init__(self, requests):
-        self.requests, self.live = requests, set()
-        self.res: dict[int, Result] = {}
-        self.secs: dict[int, float] = {}
-        self.ended: list[int] = []
-
-    def take(self, room: int) -> list[Request]:
-        new = [r for _, r in zip(range(room), self.requests)]
-        self.live.update(r.id for r in new)
-        self.res.update({r.id: Result.empty([r.prompt]) for r in new})
-        return new
-
-    def on_emit(self, ev: Emit) -> None:
-        for r, toks in ev.tokens.items():
-            self.res[r].tokens[0].extend(toks)
-        for r, why in ev.finished.items():
-            self.res[r].finish_reasons[0] = why
-            self.live.discard(r)
-            self.ended.append(r)
-
-    def on_step(self, ev: Step, seconds: float) -> None:
-        rows = ev.rows  # the rows this forward ran (events.py)
-        for r in rows:
-            out = self.res[r]
-            out.fused += ev.fused
-            out.forwards += not (ev.fused or ev.cached)
-            checked, accepted = ev.drafted.get(r, (0, 0))
-            out.drafted, out.accepted = out.drafted + checked, out.accepted + accepted
-            self.secs[r] = self.secs.get(r, 0.0) + seconds / len(rows)
-
-    def handout(self):
-        for r in self.ended:
-            out = self.res.pop(r)
-            out.seconds = self.secs.pop(r, 0.0)
-            yield r, out
-        self.ended.clear()
 

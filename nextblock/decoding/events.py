@@ -1,4 +1,4 @@
-"""What the decoding loop reports and takes: events, the collected result, requests.
+"""What the decoding loop reports and takes: events, the one result type, requests.
 
 Event order, per block of the running batch: zero or more `Step("denoise")`, then the
 block's `Emit` (its final tokens, and the rows that ended with them), then the `Step` of
@@ -43,44 +43,84 @@ class Emit:
 
 
 @dataclass
-class Result:
-    tokens: list[list[int]]  # generated ids per row (the stop token included, as in HF)
-    finish_reasons: list[str]
-    prompt_tokens: list[int]
+class Completion:
+    """One row's output: generated ids (the stop token included, as in HF), why it ended,
+    and its text (filled in by `NextBlockModel`, which has the tokenizer)."""
+
+    tokens: list[int]
+    finish_reason: str = "length"  # "stop" | "length" | "cancelled"
+    prompt_tokens: int = 0
+    text: str = ""
+
+
+@dataclass
+class Generation:
+    """The one result type: completions and the counters of the forwards that made them.
+    For a whole batch (`lm.generate`, `engine.run`) a forward counts once; for one row of a
+    continuous batch (`lm.generate_each`, the engine's `finished()`) the counters are that
+    row's: the forwards it took part in, and its share of their wall time."""
+
+    completions: list[Completion]
+    settings: "object" = None  # the DecodeSettings used
     forwards: int = 0
     seconds: float = 0.0
     trace: list[Step] | None = None
-    fused: int = 0  # forwards saved by the fused commit
+    prompts: list[list[int]] = field(default_factory=list)
+    fused: int = 0  # forwards the fused commit saved
     drafted: int = 0  # verified mode: drafted tokens checked, and accepted
     accepted: int = 0
 
+    @classmethod
+    def empty(cls, prompts: list[list[int]], settings=None) -> "Generation":
+        return cls([Completion([], "length", len(p)) for p in prompts], settings,
+                   prompts=[list(p) for p in prompts])
+
+    @property
+    def text(self) -> str:
+        return self.completions[0].text
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.completions[0].tokens
+
+    @property
+    def all_tokens(self) -> list[list[int]]:
+        return [c.tokens for c in self.completions]
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return [c.finish_reason for c in self.completions]
+
     @property
     def new_tokens(self) -> int:
-        return sum(len(t) for t in self.tokens)
+        return sum(len(c.tokens) for c in self.completions)
 
-    def add(self, ev: "Step | Emit", keep_trace: bool = False) -> None:
-        """Account for one event of `decode` (run() does this; so can a streaming caller)."""
-        if isinstance(ev, Step):
-            if ev.fused:
-                self.fused += 1
-            elif not ev.cached:
-                self.forwards += 1
-            for checked, accepted in ev.drafted.values():
-                self.drafted += checked
-                self.accepted += accepted
-            if keep_trace:
-                if self.trace is None:
-                    self.trace = []
-                self.trace.append(ev)
-        else:
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.new_tokens / max(1, self.forwards)
+
+    def add(self, ev: "Step | Emit", keep_trace: bool = False, row: int | None = None) -> None:
+        """Account for one event of `decode`: every row (completions indexed by row id), or,
+        with `row`, only that row's part (into completions[0]; a Step counts if it ran it)."""
+        if isinstance(ev, Emit):
             for r, toks in ev.tokens.items():
-                self.tokens[r].extend(toks)
+                if row is None or r == row:
+                    self.completions[0 if row is not None else r].tokens.extend(toks)
             for r, why in ev.finished.items():
-                self.finish_reasons[r] = why
-
-    @classmethod
-    def empty(cls, prompts: list[list[int]]) -> "Result":
-        return cls([[] for _ in prompts], ["length"] * len(prompts), [len(p) for p in prompts])
+                if row is None or r == row:
+                    self.completions[0 if row is not None else r].finish_reason = why
+            return
+        if row is not None and row not in ev.rows:
+            return
+        self.fused += ev.fused
+        self.forwards += not (ev.fused or ev.cached)
+        for r, (checked, accepted) in ev.drafted.items():
+            if row is None or r == row:
+                self.drafted, self.accepted = self.drafted + checked, self.accepted + accepted
+        if keep_trace:
+            if self.trace is None:
+                self.trace = []
+            self.trace.append(ev)
 
 
 StopFn = Callable[[int, list[int]], "int | None"]  # (row, generated so far) -> tokens to keep

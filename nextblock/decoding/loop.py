@@ -2,9 +2,11 @@
 
     for event in decode(model, prompts, settings, mask_token_id=m):  # Step or Emit events
         ...
-    result = run(model, prompts, settings, mask_token_id=m)         # the same, collected
     p = prefill(model, prompt, mask_token_id=m)                     # prefill once ...
-    run(model, [prompt + more], settings, mask_token_id=m, prefix=p)  # ... decode many times
+    decode(model, [prompt + more], settings, mask_token_id=m, prefix=p)  # ... decode from it
+
+Callers do not drive this generator themselves: the batching engine (engine.py: submit /
+step / cancel, per-row accounts, `run` to collect a whole batch) does, for all of them.
 
 A block of B tokens starts with its anchor, chosen from the last logit of the previous causal
 pass (the prefill for block 0), followed by B-1 masks. Denoise steps run the block over the
@@ -24,19 +26,18 @@ when it ends (stop token, stop string, length) and its cache rows are dropped; w
 
 from __future__ import annotations
 
-import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 from ..config import DecodeSettings
 from .batch import Batch
-from .events import Admit, Emit, Prefix, Request, Result, Step, StopFn
+from .events import Admit, Emit, Prefix, Request, Step, StopFn
 from .rows import Rows
 from .strategies import STRATEGIES
 
-__all__ = ["Admit", "Emit", "Prefix", "Request", "Result", "Step", "StopFn", "decode",
-           "prefill", "run"]
+__all__ = ["Admit", "Emit", "Prefix", "Request", "Step", "StopFn", "decode", "prefill",
+           "requests"]
 
 
 def prefill(model, prompt: list[int], *, mask_token_id: int, chunk: int = 2048) -> Prefix:
@@ -62,7 +63,7 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
     strategy = STRATEGIES["verified" if s.mode == "verified" else
                           "ar" if s.effective_block_size == 1 else "block"]
     batch = Batch(model, s, mask_token_id, stop_token_ids, stop_fn, max_context, prefix)
-    yield batch.join(_requests(prompts, s, seeds, max_new, prefix))
+    yield batch.join(requests(prompts, s, seeds, max_new, prefix))
     while True:
         if admit is not None:
             yield from _admit(batch, admit)
@@ -73,7 +74,9 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
             return
 
 
-def _requests(prompts, s: DecodeSettings, seeds, max_new, prefix) -> list[Request]:
+def requests(prompts, s: DecodeSettings, seeds=None, max_new=None, prefix=None) -> list[Request]:
+    """Requests numbered 0.. for plain prompts (per-row budgets and seeds, default the
+    settings'); Requests pass through. A prefix serves a single prompt it begins."""
     if isinstance(prompts[0], Request):
         reqs = prompts
     else:
@@ -97,18 +100,3 @@ def _admit(batch: Batch, admit: Admit) -> Iterator[Step | Emit]:
     if new:
         yield batch.join(new)
 
-
-def run(model, prompts: list[list[int]], settings: DecodeSettings, *, trace: bool = False,
-        on_event: Callable[[Step | Emit], None] | None = None, **kw) -> Result:
-    """Run `decode` to the end and collect tokens, finish reasons, counters (and the trace)."""
-    res = Result.empty(prompts)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for ev in decode(model, prompts, settings, **kw):
-            res.add(ev, keep_trace=trace)
-            if on_event is not None:
-                on_event(ev)
-    res.seconds = time.perf_counter() - t0
-    if trace and res.trace is None:
-        res.trace = []
-    return res

@@ -1,6 +1,7 @@
-"""Continuous batching for the server: one worker thread owns the model and runs the
-decoding loop; requests with the same decoding shape share a batch, join it at a block
-boundary (between commits) and leave it when done or cancelled.
+"""Continuous batching for the server: one worker thread owns the model and steps one
+batching engine (decoding.engine) per decoding shape; requests with the same shape share
+an engine, join its batch at a block boundary (between commits) and leave it when done or
+cancelled.
 
     sched = Scheduler(lm, max_batch=8, max_queue=64)
     jobs, queue = sched.submit([prompt_ids], settings, max_new_tokens=64, seed=1, n=1)
@@ -24,7 +25,8 @@ import torch
 
 from .. import text as textlib
 from ..config import DecodeSettings
-from ..decoding.loop import Emit, Request, decode
+from ..decoding.engine import Engine
+from ..decoding.events import Emit, Request
 
 log = logging.getLogger("nextblock.serve")
 
@@ -69,46 +71,36 @@ def batch_key(s: DecodeSettings) -> tuple:
 
 
 class _Batch:
-    """One running decode loop and the jobs in it."""
+    """One batching engine (decoding.engine) and the jobs in it."""
 
-    def __init__(self, sched: "Scheduler", key: tuple, first: list[Job]):
-        self.sched, self.key = sched, key
-        self.jobs = {j.id: j for j in first}
-        s = first[0].settings
-        stop_fns = {}
+    def __init__(self, sched: "Scheduler", key: tuple, settings: DecodeSettings):
+        self.sched, self.key, self.jobs = sched, key, {}
+        self.engine = Engine(sched.lm.model, settings, mask_token_id=sched.mask_token_id,
+                             stop_token_ids=sched.stop_token_ids,
+                             max_context=sched.lm.context_length)
 
-        def stop_fn(row, tokens):
-            fn = stop_fns.get(row)
-            if fn is None and row not in stop_fns:
-                fn = stop_fns[row] = textlib.stop_checker(sched.lm.tokenizer,
-                                                          self.jobs[row].settings.stop)
-            return None if fn is None else fn(row, tokens)
-
-        self.events = decode(
-            sched.lm.model, [Request(j.id, j.prompt, j.max_new_tokens, j.seed) for j in first],
-            s, mask_token_id=sched.mask_token_id, stop_token_ids=sched.stop_token_ids,
-            max_context=sched.lm.context_length, stop_fn=stop_fn, admit=self.admit)
-
-    def admit(self):
-        new = self.sched._take(self.key, self.sched.max_batch - len(self.jobs))
-        for j in new:
+    def add(self, jobs: list[Job]) -> None:
+        """Jobs join the running batch at its next block boundary."""
+        for j in jobs:
             self.jobs[j.id] = j
-        cancel = {j.id for j in self.jobs.values() if j.cancelled}
-        return [Request(j.id, j.prompt, j.max_new_tokens, j.seed) for j in new], cancel
+            self.engine.submit(Request(j.id, j.prompt, j.max_new_tokens, j.seed),
+                               stop_fn=textlib.stop_checker(self.sched.lm.tokenizer,
+                                                            j.settings.stop))
 
     def step(self) -> bool:
-        """Advance to the next forward pass; False when the batch is empty and ended."""
-        while True:
-            try:
-                ev = next(self.events)
-            except StopIteration:
-                return False
+        """Run the next forward pass; False when the batch has no job left."""
+        for j in self.jobs.values():
+            if j.cancelled:
+                self.engine.cancel(j.id)
+        for ev in self.engine.step():
             if isinstance(ev, Emit):
                 self._emit(ev)
-                continue
-            if ev.kind != "prefill" and not ev.fused and ev.rows:
+            elif ev.kind != "prefill" and not ev.fused and ev.rows:
                 self.sched.batch_sizes[len(ev.rows)] += 1  # the rows the forward ran
-            return True
+        for rid, _ in self.engine.finished():
+            if rid in self.jobs:  # a queued job cancelled before it ran: no Emit named it
+                self.sched._finish(self.jobs.pop(rid), "cancelled")
+        return self.engine.busy
 
     def _emit(self, ev: Emit) -> None:
         for row, toks in ev.tokens.items():
@@ -117,8 +109,7 @@ class _Batch:
                 job.tokens.extend(toks)
                 job.put("tokens", toks)
         for row, why in ev.finished.items():
-            job = self.jobs.pop(row)
-            self.sched._finish(job, why)
+            self.sched._finish(self.jobs.pop(row), why)
 
 
 class Scheduler:
@@ -247,8 +238,10 @@ class Scheduler:
             for key in startable:  # a new shape gets its own batch
                 first = self._take(key, self.max_batch)
                 if first:
-                    self.batches[key] = _Batch(self, key, first)
+                    self.batches[key] = _Batch(self, key, first[0].settings)
+                    self.batches[key].add(first)
             for key, batch in list(self.batches.items()):  # one forward per batch in turn
+                batch.add(self._take(key, self.max_batch))  # they join at a block boundary
                 try:
                     with torch.inference_mode():
                         alive = batch.step()

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nextblock.config import DecodeSettings
-from nextblock.decoding.loop import Emit, Request, decode, run
+from nextblock.decoding.engine import run
+from nextblock.decoding.loop import Emit, Request, decode
 from tests.helpers import MASK, peaked_model, random_prompts
 
 MODES = [dict(mode="ar"), dict(mode="block", block_size=4, threshold=0.6),
@@ -16,7 +17,7 @@ MODES = [dict(mode="ar"), dict(mode="block", block_size=4, threshold=0.6),
 def single(model, prompt, kw, n, seed=None):
     s = DecodeSettings(max_new_tokens=n, **kw).validated()
     return run(model, [prompt], s, mask_token_id=MASK,
-               seeds=[seed if seed is not None else s.seed]).tokens[0]
+               seeds=[seed if seed is not None else s.seed]).all_tokens[0]
 
 
 def collect(events):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nextblock.config import DecodeSettings
-from nextblock.decoding.loop import Emit, Step, decode, run
+from nextblock.decoding.engine import run
+from nextblock.decoding.loop import Emit, Step, decode
 from nextblock.decoding.sampling import Sampler
 from tests.helpers import MASK, peaked_model, random_prompts, tiny_model
 
@@ -28,7 +29,7 @@ def test_ar_equals_transformers_generate(family):
     model = tiny_model(family)
     for prompt in random_prompts([1, 6, 13], seed=1):
         res = run(model, [prompt], settings(mode="ar", max_new_tokens=24), mask_token_id=MASK)
-        assert res.tokens[0] == hf_greedy(model, prompt, 24)
+        assert res.all_tokens[0] == hf_greedy(model, prompt, 24)
         assert res.forwards == 24  # one prefill + one causal pass per further token
 
 
@@ -144,7 +145,7 @@ def test_cached_block_decoding_equals_full_recomputation(kw, fused):
     for prompt in random_prompts([5, 11], seed=2):
         res = run(model, [prompt], s, mask_token_id=MASK)
         ref, ref_forwards, ref_fills = reference_decode(model, prompt, s)
-        assert res.tokens[0] == ref
+        assert res.all_tokens[0] == ref
         assert len(ref) == 19 and res.forwards + res.fused == ref_forwards
         fills += ref_fills
         fused_steps += res.fused
@@ -168,23 +169,23 @@ def test_block_causal_model_stores_blocks_bidirectionally(kw, fused):
     model.nextblock_attention = "block_causal"
     s = settings(mode="block", max_new_tokens=19, fused_commit=fused, **kw)
     prompts = random_prompts([5, 11, 8], seed=2)
-    got = [run(model, [p], s, mask_token_id=MASK).tokens[0] for p in prompts]
+    got = [run(model, [p], s, mask_token_id=MASK).all_tokens[0] for p in prompts]
     for p, g in zip(prompts, got):
         assert g == reference_decode(model, p, s, block_causal=True)[0]
     del model.nextblock_attention  # the plain model writes something else
-    assert got != [run(model, [p], s, mask_token_id=MASK).tokens[0] for p in prompts]
+    assert got != [run(model, [p], s, mask_token_id=MASK).all_tokens[0] for p in prompts]
 
 
 def test_cached_block_decoding_stops_like_reference():
     model = tiny_model("qwen3", seed=4)
     s = settings(mode="block", block_size=4, threshold=0.2, max_new_tokens=40)
     prompt = random_prompts([7], seed=9)[0]
-    free = run(model, [prompt], s, mask_token_id=MASK).tokens[0]
+    free = run(model, [prompt], s, mask_token_id=MASK).all_tokens[0]
     stop = free[9]  # a token the model does produce: decoding must end at its first use
     res = run(model, [prompt], s, mask_token_id=MASK, stop_token_ids=[stop])
     ref = reference_decode(model, prompt, s, stop_ids=[stop])[0]
-    assert res.tokens[0] == ref
-    assert res.tokens[0][-1] == stop and stop not in res.tokens[0][:-1]
+    assert res.all_tokens[0] == ref
+    assert res.all_tokens[0][-1] == stop and stop not in res.all_tokens[0][:-1]
     assert res.finish_reasons == ["stop"]
 
 
@@ -195,7 +196,7 @@ def test_block_size_one_equals_ar():
         ar = run(model, [prompt], settings(mode="ar", max_new_tokens=17), mask_token_id=MASK)
         b1 = run(model, [prompt], settings(mode="block", block_size=1, max_new_tokens=17),
                  mask_token_id=MASK)
-        assert b1.tokens == ar.tokens and b1.forwards == ar.forwards
+        assert b1.all_tokens == ar.all_tokens and b1.forwards == ar.forwards
 
 
 @pytest.mark.parametrize("kw", [
@@ -210,14 +211,14 @@ def test_batch_equals_single(kw):
     prompts = random_prompts([3, 12, 7, 1], seed=5)
     s = settings(max_new_tokens=21, **kw)
     # a frequent token as stop token, so rows end at different blocks and leave the batch
-    free = run(model, prompts[:1], s, mask_token_id=MASK).tokens[0]
+    free = run(model, prompts[:1], s, mask_token_id=MASK).all_tokens[0]
     stop = [free[6]]
     batch = run(model, prompts, s, mask_token_id=MASK, stop_token_ids=stop, trace=True)
     if kw["mode"] == "block" and 0 < kw["threshold"] < 1:  # rows of one step fill unequally
         assert any(len({len(f) for f in st.filled.values()}) > 1
                    for st in batch.trace if st.kind == "denoise")
     singles = [run(model, [p], s, mask_token_id=MASK, stop_token_ids=stop) for p in prompts]
-    assert batch.tokens == [r.tokens[0] for r in singles]
+    assert batch.all_tokens == [r.all_tokens[0] for r in singles]
     assert batch.finish_reasons == [r.finish_reasons[0] for r in singles]
     assert "stop" in batch.finish_reasons
 
@@ -235,7 +236,7 @@ def test_block_mode_fills_several_tokens_per_forward_at_low_threshold():
     assert one.forwards == 1 + 4 * 7 + 3
     # threshold 0: every mask of the block in one step
     assert fast.forwards == 1 + 4 * 1 + 3
-    assert len(fast.tokens[0]) == len(one.tokens[0]) == 32
+    assert len(fast.all_tokens[0]) == len(one.all_tokens[0]) == 32
 
 
 def test_events_trace_and_emits_are_consistent():
@@ -255,8 +256,8 @@ def test_events_trace_and_emits_are_consistent():
             for idx, tok in st.filled.get(row, []):
                 assert idx not in filled  # a position is decided exactly once
                 filled[idx] = tok
-        assert [filled[i] for i in range(len(res.tokens[row]))] == res.tokens[row]
-        assert sum((e.tokens.get(row, []) for e in emits), []) == res.tokens[row]
+        assert [filled[i] for i in range(len(res.all_tokens[row]))] == res.all_tokens[row]
+        assert sum((e.tokens.get(row, []) for e in emits), []) == res.all_tokens[row]
     # every Step names the rows its forward ran: in block mode, the rows not yet finished
     alive = set()
     for e in events:
@@ -278,7 +279,7 @@ def test_context_limit_caps_generation():
     prompt = random_prompts([20])[0]
     res = run(model, [prompt], settings(mode="block", block_size=4, max_new_tokens=50),
               mask_token_id=MASK, max_context=32)
-    assert len(res.tokens[0]) == 12 and res.finish_reasons == ["length"]
+    assert len(res.all_tokens[0]) == 12 and res.finish_reasons == ["length"]
 
 
 @pytest.mark.parametrize("mode", ["ar", "block", "verified"])
@@ -292,7 +293,7 @@ def test_chunked_prefill_equals_one_pass(mode):
     whole = run(model, prompts, settings(prefill_chunk=4096, **kw), mask_token_id=MASK)
     for chunk in (1, 5, 16):
         chunked = run(model, prompts, settings(prefill_chunk=chunk, **kw), mask_token_id=MASK)
-        assert chunked.tokens == whole.tokens
+        assert chunked.all_tokens == whole.all_tokens
 
 
 def test_chunked_prefill_builds_no_prompt_square_mask():
@@ -329,7 +330,7 @@ def test_a_stored_prefill_decodes_like_a_fresh_one(mode):
     for prompt in (doc, doc + question, doc):  # the prefix is not changed by its uses
         fresh = run(model, [prompt], s, mask_token_id=MASK)
         reused = run(model, [prompt], s, mask_token_id=MASK, prefix=p)
-        assert reused.tokens == fresh.tokens
+        assert reused.all_tokens == fresh.all_tokens
         assert reused.forwards == fresh.forwards - (1 if prompt == doc else 0)
     with pytest.raises(ValueError, match="starts with its tokens"):
         run(model, [question], s, mask_token_id=MASK, prefix=p)

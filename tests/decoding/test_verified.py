@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nextblock.config import DecodeSettings
-from nextblock.decoding.loop import run
+from nextblock.decoding.engine import run
 from nextblock.decoding.sampling import Sampler
 from tests.helpers import MASK, peaked_model, random_prompts, tiny_model
 
@@ -30,7 +30,7 @@ def test_verified_greedy_equals_ar(family, kw):
              mask_token_id=MASK)
     ver = run(model, prompts, settings(mode="verified", max_new_tokens=23, **kw),
               mask_token_id=MASK)
-    assert ver.tokens == ar.tokens
+    assert ver.all_tokens == ar.all_tokens
     assert ver.accepted > 0 and ver.drafted > ver.accepted  # both paths exercised
 
 
@@ -40,15 +40,15 @@ def test_verified_batch_with_stops_equals_single_and_ar():
     model = peaked_model("llama", seed=7)
     prompts = random_prompts([3, 12, 7, 1, 9], seed=5)
     ar = settings(mode="ar", max_new_tokens=30)
-    free = run(model, prompts[:1], ar, mask_token_id=MASK).tokens[0]
+    free = run(model, prompts[:1], ar, mask_token_id=MASK).all_tokens[0]
     stop = [free[11]]
     s = settings(mode="verified", block_size=4, threshold=0.0, max_new_tokens=30)
     batch = run(model, prompts, s, mask_token_id=MASK, stop_token_ids=stop)
     ref = run(model, prompts, ar, mask_token_id=MASK, stop_token_ids=stop)
-    assert batch.tokens == ref.tokens and batch.finish_reasons == ref.finish_reasons
+    assert batch.all_tokens == ref.all_tokens and batch.finish_reasons == ref.finish_reasons
     assert "stop" in batch.finish_reasons and "length" in batch.finish_reasons
     singles = [run(model, [p], s, mask_token_id=MASK, stop_token_ids=stop) for p in prompts]
-    assert batch.tokens == [r.tokens[0] for r in singles]
+    assert batch.all_tokens == [r.all_tokens[0] for r in singles]
 
 
 def test_verified_saves_forwards_when_drafts_are_accepted():
@@ -68,7 +68,7 @@ def test_verified_saves_forwards_when_drafts_are_accepted():
         ver = run(model, [prompt], settings(mode="verified", block_size=4, threshold=0.0,
                                             max_new_tokens=40, fused_commit=fused),
                   mask_token_id=MASK)
-        assert ver.tokens == ar.tokens
+        assert ver.all_tokens == ar.all_tokens
         assert ver.accepted > ver.drafted / 2
         assert ver.forwards < ar.forwards / 1.5
         assert (ver.fused > 0) == fused
@@ -95,7 +95,7 @@ def test_verified_sampling_follows_the_ar_distribution():
     s = settings(mode="verified", block_size=3, threshold=0.0, **kw)
     res = run(model, [prompt] * n, s, mask_token_id=MASK, seeds=list(range(n)))
     for pos, p in ((0, p1), (1, p2)):
-        counts = torch.bincount(torch.tensor([t[pos] for t in res.tokens]),
+        counts = torch.bincount(torch.tensor([t[pos] for t in res.all_tokens]),
                                 minlength=p.numel()).double()
         tv = 0.5 * (counts / n - p.double()).abs().sum().item()
         # sampling noise at n=1500 over <= 16 outcomes is ~0.04; always accepting the

@@ -7,7 +7,7 @@ import torch
 import nextblock
 from nextblock.cache import KVCache
 from nextblock.config import DecodeSettings
-from nextblock.decoding.loop import run
+from nextblock.decoding.engine import run
 from nextblock.engine.int8 import GROUP, Int8Engine, as_ptr, quantize_groups
 from nextblock.modeling import forward
 from tests.helpers import MASK, random_prompts, save_tiny, tiny_model
@@ -136,9 +136,9 @@ def test_verified_equals_ar_with_the_engine(family):
                                                        fused_commit=False)):
         s = DecodeSettings(mode="verified", max_new_tokens=20, **kw).validated()
         ver = run(model, prompts, s, mask_token_id=MASK)
-        assert ver.tokens == ar.tokens, kw
-        for p, toks in zip(prompts, ar.tokens):  # batch == single
-            assert run(model, [p], s, mask_token_id=MASK).tokens == [toks]
+        assert ver.all_tokens == ar.all_tokens, kw
+        for p, toks in zip(prompts, ar.all_tokens):  # batch == single
+            assert run(model, [p], s, mask_token_id=MASK).all_tokens == [toks]
 
 
 def test_load_attaches_the_engine_by_default(tmp_path):

@@ -1,13 +1,14 @@
 """Fixtures for the viz tests: a tiny random Llama, decoding runs with a trace, and a fake
 tokenizer that maps id -> "t{id}" (with a few awkward strings)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from nextblock.config import DecodeSettings
-from nextblock.decoding.loop import run
-from nextblock.lm import Completion, Generation
+from nextblock.decoding.engine import run
 
 PROMPT = [1, 2, 3, 4]
 MASK_ID = 63
@@ -44,10 +45,8 @@ def generate(model, tok):
                            **kw).validated()
         res = run(model, [list(p) for p in prompts], s, mask_token_id=MASK_ID, trace=True,
                   on_event=on_event, stop_token_ids=stop_token_ids)
-        comps = [Completion(tok.decode(t), t, why, n) for t, why, n in
-                 zip(res.tokens, res.finish_reasons, res.prompt_tokens)]
-        return Generation(comps, s, res.forwards, res.seconds, res.trace,
-                          [list(p) for p in prompts])
+        res.completions = [replace(c, text=tok.decode(c.tokens)) for c in res.completions]
+        return res
 
     return go
 
