@@ -78,6 +78,11 @@ class Batch:
         self.out: dict[int, list[int]] = {}
         self.block_index = 0
         self.look = Lookahead(next(model.parameters()).device)
+        # mixed-phase decoding (mixed.py): each row's own current block [n, B], its length,
+        # and how many blocks each row has started
+        self.blocks: torch.Tensor | None = None
+        self.lens: torch.Tensor | None = None
+        self.row_block: dict[int, int] = {}
 
     @property
     def empty(self) -> bool:
@@ -97,7 +102,7 @@ class Batch:
             + 2 * self.B
         smp = Sampler(self.s, self.mask_token_id, [r.seed for r in new])
         part, logits, cached = self._prefill(new, capacity)
-        first = smp.choose(smp.probs(logits, part.history() if self.history else None))[:, 0]
+        first = smp.pick(logits, part.history() if self.history else None)[:, 0]
         if self.rows is None:
             self.rows, self.sampler, self.anchor = part, smp, first
             self.stop_ids = self.stop_ids.to(part.seq.device)
@@ -158,10 +163,14 @@ class Batch:
         first_stop = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1), T)
         return masked & (steps < first_stop[:, None])
 
-    def emit(self, blocks: list[torch.Tensor], done: list[int]) -> Emit:
-        """Append each row's final tokens; end rows at a stop token, stop string or limit."""
+    def emit(self, blocks: list[torch.Tensor], done: list[int],
+             only: list[int] | None = None) -> Emit:
+        """Append each row's final tokens; end rows at a stop token, stop string or limit.
+        `only`: the batch positions whose block is final (default: every row)."""
         ev = Emit({}, {})
         for i, r in enumerate(self.alive):
+            if only is not None and i not in only:
+                continue
             toks = blocks[i].tolist()[:self.budget[r] - done[i]]
             hit = [j for j, t in enumerate(toks) if t in self.stop_token_ids]
             if hit:
@@ -191,6 +200,7 @@ class Batch:
             return keep
         if not n:
             self.alive, self.rows, self.anchor = [], None, None
+            self.blocks = self.lens = None
             self.look.invalidate()
             return keep
         movers = [i for i in range(n, len(self.alive)) if i not in gone]
@@ -200,5 +210,7 @@ class Batch:
         self.rows.keep_rows(idx)
         self.sampler.keep_rows(keep)
         self.anchor, self.alive = self.anchor[idx], [self.alive[i] for i in keep]
+        if self.blocks is not None:
+            self.blocks, self.lens = self.blocks[idx], self.lens[idx]
         self.look.keep_rows(idx)
         return keep

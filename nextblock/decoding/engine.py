@@ -38,12 +38,14 @@ class Engine:
     def __init__(self, model, settings: DecodeSettings, *, mask_token_id: int,
                  stop_token_ids=(), stop_fn: StopFn | None = None,
                  max_context: int | None = None, max_batch: int | None = None,
-                 prefix: Prefix | None = None, trace: bool = False):
+                 prefix: Prefix | None = None, trace: bool = False,
+                 mixed_phase: bool | None = None):
         self.model, self.settings, self.prefix = model, settings, prefix
         self.kw = dict(mask_token_id=mask_token_id, stop_token_ids=stop_token_ids,
                        max_context=max_context)
         self.default_stop, self.stops = stop_fn, {}
         self.max_batch, self.keep_trace = max_batch, trace
+        self.mixed_phase = mixed_phase  # block mode; None: for batches (decode's docstring)
         self.queue: deque[Request] = deque()
         self.cancelled: set[int] = set()
         self.rows: dict[int, Generation] = {}  # live rows' own accounts
@@ -128,8 +130,10 @@ class Engine:
     def _start(self) -> Iterator[Step | Emit]:
         first = self._take()
         prefix, self.prefix = self.prefix, None  # a stored prefill serves the first batch
+        batched = self.mixed_phase if self.mixed_phase is not None else (
+            len(first) + len(self.queue) if self.max_batch is None else self.max_batch) > 1
         return decode(self.model, first, self.settings, stop_fn=self._stop, admit=self._admit,
-                      prefix=prefix, **self.kw)
+                      prefix=prefix, mixed_phase=batched, **self.kw)
 
     def _take(self) -> list[Request]:
         running = len(self.rows) - len(self.ending)

@@ -3,7 +3,9 @@
 Event order, per block of the running batch: zero or more `Step("denoise")`, then the
 block's `Emit` (its final tokens, and the rows that ended with them), then the `Step` of
 the forward that stored it: `"commit"` (block and AR modes; not sent when no row is left)
-or `"verify"` (verified mode; always sent, after its Emit). A `Step("prefill")` starts
+or `"verify"` (verified mode; always sent, after its Emit). In mixed-phase block decoding
+(mixed.py) every forward is one `Step("mixed")`, preceded by an Emit of the rows whose
+block became complete; its `row_blocks` give each row's own block. A `Step("prefill")` starts
 every group of rows that joins; an `Emit` with only `finished` ("cancelled") reports rows
 that left. Every event names the rows it concerns by their ids: an Emit in its dicts, a
 Step in `rows` (the rows the forward ran: a prefill's new rows, a verify's rows before the
@@ -32,6 +34,9 @@ class Step:
     drafted: dict[int, tuple[int, int]] = field(default_factory=dict)  # verify: row ->
     # (drafted tokens checked, accepted)
     rows: tuple[int, ...] = ()  # ids of the rows this forward ran
+    # mixed-phase forwards (kind "mixed"): rows are in blocks of their own, so each row's
+    # (block index, block size) replaces `block` / `size` for it
+    row_blocks: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -33,8 +33,11 @@ import torch
 from ..config import DecodeSettings
 from .batch import Batch
 from .events import Admit, Emit, Prefix, Request, Step, StopFn
+from .mixed import mixed
 from .rows import Rows
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES as LOCKSTEP
+
+STRATEGIES = {**LOCKSTEP, "mixed": mixed}
 
 __all__ = ["Admit", "Emit", "Prefix", "Request", "Step", "StopFn", "decode", "prefill",
            "requests"]
@@ -52,16 +55,19 @@ def decode(model, prompts: "list[list[int]] | list[Request]", settings: DecodeSe
            mask_token_id: int, stop_token_ids=(), seeds: list[int | None] | None = None,
            stop_fn: StopFn | None = None, max_context: int | None = None,
            max_new: list[int] | None = None, admit: Admit | None = None,
-           prefix: Prefix | None = None) -> Iterator[Step | Emit]:
+           prefix: Prefix | None = None, mixed_phase: bool = False) -> Iterator[Step | Emit]:
     """Yield a Step per forward pass and an Emit per finished block (events.py). Inputs
     are validated by the caller (nextblock.lm); `max_context` caps prompt + generated
     positions; `max_new` gives per-row budgets (default: settings.max_new_tokens). Rows
     are numbered 0.. in events, or carry their own ids when given as Requests. `admit`,
     called at every block boundary, lets rows join the running batch and leave it
-    ("cancelled"). `prefix`: a stored prefill of the (single) prompt's beginning."""
+    ("cancelled"). `prefix`: a stored prefill of the (single) prompt's beginning.
+    `mixed_phase`: block mode with rows in phases of their own (mixed.py; for batches: at
+    batch 1 the lockstep strategy, which can fuse commits, makes fewer forwards)."""
     s = settings
     strategy = STRATEGIES["verified" if s.mode == "verified" else
-                          "ar" if s.effective_block_size == 1 else "block"]
+                          "ar" if s.effective_block_size == 1 else
+                          "mixed" if mixed_phase else "block"]
     batch = Batch(model, s, mask_token_id, stop_token_ids, stop_fn, max_context, prefix)
     yield batch.join(requests(prompts, s, seeds, max_new, prefix))
     while True:

@@ -56,6 +56,23 @@ class Sampler:
             logits = logits.masked_fill(drop, -torch.inf)
         return torch.softmax(logits, dim=-1)
 
+    def pick(self, logits: torch.Tensor, history: torch.Tensor | None = None,
+             draw: torch.Tensor | None = None) -> torch.Tensor:
+        """The tokens [B, T] an AR step takes from logits [B, T, V]: `choose(probs(...))`,
+        except greedy decoding without a repetition penalty, which takes the argmax of the
+        logits themselves (the mask token excluded) as transformers' greedy search does,
+        with no processed copy of the vocabulary-wide rows. Every AR choice of every mode
+        (prefill, commit, verify) goes through here, so verified mode stays AR's. `draw`:
+        the rows that choose (the others take no randomness), as in `choose`."""
+        if not (self.s.greedy and (self.s.repetition_penalty == 1.0 or history is None)):
+            return self.choose(self.probs(logits, history), draw=draw)
+        tokens = logits.argmax(dim=-1)
+        hit = tokens == self.mask_token_id
+        if bool(hit.any()):  # rare: recompute those positions without the mask token
+            tokens = logits.float().index_fill(-1, self._mask_index(logits),
+                                               -torch.inf).argmax(dim=-1)
+        return tokens
+
     def choose(self, probs: torch.Tensor, draw: torch.Tensor | None = None,
                sizes: list[int] | None = None) -> torch.Tensor:
         """Token ids [B, T]. Greedy: argmax. Sampled: one draw per position, only for rows

@@ -82,7 +82,8 @@ def _commit_step(batch: Batch, block, guess) -> Step:
     fuse = batch.s.fused_commit and guess is not None and batch.look.worth()
     logits, ahead = commit(batch.rows, block, guess if fuse else None, b2,
                            batch.mask_token_id, block.shape[1] - 1)
-    batch.anchor = batch.sampler.choose(batch.probs(logits, None))[:, 0]
+    batch.anchor = batch.sampler.pick(logits, batch.rows.history() if batch.history else None
+                                      )[:, 0]
     if guess is not None:
         batch.look.offer(ahead, bool((batch.anchor == guess).all()))
     r0, n = batch.alive[0], len(batch.out[batch.alive[0]])
@@ -161,7 +162,7 @@ def verify_draft(sampler: Sampler, rows: Rows, block, logits, history: bool):
     row, counting the anchor; the next anchor)."""
     n, b = block.shape
     if sampler.s.greedy and not history:  # all positions at once (the same per-row softmax)
-        choice = sampler.probs(logits[:, :b], None).argmax(-1)
+        choice = sampler.pick(logits[:, :b])
         ok = (choice[:, :-1] == block[:, 1:]).long().cumprod(1)
         kept = 1 + ok.sum(1)
         return kept, choice.gather(1, (kept - 1)[:, None])[:, 0]

@@ -61,7 +61,10 @@ class Job:
     done: bool = False
 
     def put(self, kind: str, value) -> None:  # called from the worker thread
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, kind, value))
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.index, kind, value))
+        except RuntimeError:  # the caller's event loop has closed: nobody is listening
+            self.cancelled = True
 
 
 def batch_key(s: DecodeSettings) -> tuple:

@@ -63,13 +63,14 @@ class Replay:
         filled = st.filled.get(self.row)
         if filled is None:  # this row is no longer in the batch
             return
-        if st.block != self.block:  # prefill / commit: a new block starts with its anchor
+        block, size = st.row_blocks.get(self.row, (st.block, st.size))
+        if block != self.block:  # prefill / commit: a new block starts with its anchor
             cells = self.cells
             if st.kind == "verify":  # only the verified prefix of the draft stays
                 cells = cells[:st.drafted[self.row][1] + 1]
             self.committed += [t for t in cells if t is not None]
-            self.block, self.start = st.block, len(self.committed)
-            self.cells = [None] * st.size
+            self.block, self.start = block, len(self.committed)
+            self.cells = [None] * size
         for i, tok in filled:
             j = i - self.start
             if 0 <= j < len(self.cells):
