@@ -80,7 +80,8 @@ class _Batch:
         self.sched, self.key, self.jobs = sched, key, {}
         self.engine = Engine(sched.lm.model, settings, mask_token_id=sched.mask_token_id,
                              stop_token_ids=sched.stop_token_ids,
-                             max_context=sched.lm.context_length)
+                             max_context=sched.lm.context_length,
+                             mixed_phase=sched.max_batch > 1)  # rows will join
 
     def add(self, jobs: list[Job]) -> None:
         """Jobs join the running batch at its next block boundary."""
