@@ -28,14 +28,23 @@ class BlockPolicy:
     threshold: float
     confidence: str = "prob"
 
-    def select(self, conf: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        """conf, masked: [B, T] over the block positions; returns the positions to fill."""
-        B, T = masked.shape
-        has_mask = masked.any(dim=1)
-        first = torch.where(has_mask, masked.int().argmax(dim=1), T)
+    def candidates(self, masked: torch.Tensor) -> torch.Tensor:
+        """The masked positions of each row's current sub-block [B, T]."""
+        T = masked.shape[1]
+        first = torch.where(masked.any(dim=1), masked.int().argmax(dim=1), T)
         pos = torch.arange(T, device=masked.device)
         current = (pos // self.sub_block)[None, :] == (first // self.sub_block)[:, None]
-        candidates = masked & current
+        return masked & current
+
+    def fills_all(self, greedy: bool) -> bool:
+        """Whether `select` takes every candidate whatever the model says: a greedy token's
+        probability is at least 1/V > 0, so a threshold <= 0 on "prob" passes them all."""
+        return greedy and self.threshold <= 0 and self.confidence == "prob"
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """conf, masked: [B, T] over the block positions; returns the positions to fill."""
+        has_mask = masked.any(dim=1)
+        candidates = self.candidates(masked)
         conf = conf.masked_fill(~candidates, -torch.inf)
         transfer = candidates & (conf > self.threshold)
         best = conf.argmax(dim=1)

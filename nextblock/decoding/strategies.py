@@ -58,19 +58,31 @@ def denoise(batch: Batch, block, ragged, done: list[int], greedy_draft: bool
             return guess
         ahead = batch.look.take()
         logits = ahead if ahead is not None else batch.rows.forward(block, dmask)
-        probs = batch.probs(logits, block)  # position j predicts token j + 1
-        fill = probs[:, :-1]
-        draft = fill.argmax(-1) if greedy_draft else batch.sampler.choose(
-            fill, draw=rows_left, sizes=sizes)
-        tokens = torch.cat([block[:, :1], draft], dim=1)
-        conf = confidence(fill, draft, policy.confidence)
-        conf = torch.cat([torch.full_like(conf[:, :1], -torch.inf), conf], dim=1)
-        transfer = policy.select(conf, need)
+        if greedy_draft and policy.fills_all(True):  # verified, threshold 0: no softmax
+            choice = batch.sampler.pick(logits, batch.rows.history(block) if batch.history
+                                        else None)  # position j predicts token j + 1
+            tokens = torch.cat([block[:, :1], choice[:, :-1]], dim=1)
+            transfer, guess = policy.candidates(need), choice[:, -1]
+        else:
+            tokens, transfer, guess = _fill(batch, policy, logits, block, need, rows_left,
+                                            sizes, greedy_draft)
         block.copy_(torch.where(transfer, tokens, block))
-        guess = probs[:, -1].argmax(-1)
         yield Step("denoise", batch.block_index, done[0], block.shape[1],
                    _filled(batch.alive, transfer, tokens, done), fused=ahead is not None,
                    rows=tuple(batch.alive))
+
+
+def _fill(batch: Batch, policy, logits, block, need, rows_left, sizes, greedy_draft):
+    """A denoise step's choice: draft tokens, the positions the policy fills, the guess of
+    the token after the block."""
+    probs = batch.probs(logits, block)  # position j predicts token j + 1
+    fill = probs[:, :-1]
+    draft = fill.argmax(-1) if greedy_draft else batch.sampler.choose(
+        fill, draw=rows_left, sizes=sizes)
+    tokens = torch.cat([block[:, :1], draft], dim=1)
+    conf = confidence(fill, draft, policy.confidence)
+    conf = torch.cat([torch.full_like(conf[:, :1], -torch.inf), conf], dim=1)
+    return tokens, policy.select(conf, need), probs[:, -1].argmax(-1)
 
 
 def _commit_step(batch: Batch, block, guess) -> Step:

@@ -102,3 +102,23 @@ def test_verified_sampling_follows_the_ar_distribution():
         # draft, or resampling from p on rejection, gives >= 0.15 here
         assert tv < 0.07, (pos, tv)
     assert res.accepted > 100 and res.drafted - res.accepted > 100  # both branches used
+
+
+@pytest.mark.parametrize("kw", [dict(block_size=4), dict(block_size=8, sub_block=4),
+                                dict(block_size=4, repetition_penalty=1.3)])
+def test_the_threshold_zero_draft_skips_only_the_softmax(kw, monkeypatch):
+    """At threshold 0 a greedy draft fills every candidate, so the draft is taken from the
+    logits without the probabilities: the same drafts (accepted counts, forwards) as the
+    general path, which the patch forces."""
+    from nextblock.decoding.policies import BlockPolicy
+
+    model = peaked_model("llama", seed=3)
+    prompts = random_prompts([6, 9], seed=2)
+    s = settings(mode="verified", threshold=0.0, max_new_tokens=21, **kw)
+    fast = run(model, prompts, s, mask_token_id=MASK, trace=True)
+    monkeypatch.setattr(BlockPolicy, "fills_all", lambda self, greedy: False)
+    slow = run(model, prompts, s, mask_token_id=MASK, trace=True)
+    assert fast.all_tokens == slow.all_tokens
+    assert (fast.forwards, fast.drafted, fast.accepted) == (slow.forwards, slow.drafted,
+                                                           slow.accepted)
+    assert [st.filled for st in fast.trace] == [st.filled for st in slow.trace]
