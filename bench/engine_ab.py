@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 
 import nextblock
-from nextblock.engine.build import _compiler, compile_flags
+from nextblock.engine.build import compile_flags, compiler
 
 sys.path.insert(0, str(Path(__file__).parent))
 import forward_cost  # noqa: E402
 
 
 def build(source: str, out: Path) -> ctypes.CDLL:
-    subprocess.run([_compiler(), *compile_flags(), source, "-o", str(out), "-lm"], check=True)
+    subprocess.run([compiler(), *compile_flags(), source, "-o", str(out), "-lm"], check=True)
     lib = ctypes.CDLL(str(out))
     lib.nb_scratch_floats.restype = ctypes.c_long
     return lib

@@ -178,7 +178,7 @@ def _runner(lm, row: Row, max_new_tokens: int):
     return nb
 
 
-def measure_pass(lm, row: Row, fn, prompt_ids: list[list[int]]) -> None:
+def measure_pass(row: Row, fn, prompt_ids: list[list[int]]) -> None:
     """One timed pass of `row` over the prompt set (its runner `fn`), appended to it."""
     reset_peak()
     outputs, forwards, fused = [], 0, 0
@@ -272,7 +272,7 @@ def bench(lm, prompts: list[str], rows: list[Row], max_new_tokens: int = 128,
             fn(ids[0])  # warm-up, not timed
     for rep in range(repeats):
         for r, fn in zip(rows, runners):
-            measure_pass(lm, r, fn, ids)
+            measure_pass(r, fn, ids)
             if progress is not None and rep == repeats - 1:
                 progress(r)
     compare(rows)

@@ -52,7 +52,8 @@ def compile_flags(portable: bool = False) -> list[str]:
     return flags
 
 
-def _compiler() -> str:
+def compiler() -> str:
+    """The C compiler the engine is built with: $CC, else gcc, else cc."""
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise EngineUnavailable("no C compiler (gcc) found")
@@ -65,7 +66,7 @@ def engine_library(portable: bool = False) -> ctypes.CDLL:
 
     import torch  # noqa: F401 - torch's libgomp must be loaded first (shared runtime)
 
-    cc, flags = _compiler(), compile_flags(portable)
+    cc, flags = compiler(), compile_flags(portable)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + version.encode())
     target = cache_dir() / "engine" / f"int8_engine-{key.hexdigest()[:16]}.so"
