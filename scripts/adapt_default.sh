@@ -72,3 +72,18 @@ nextblock adapt --config scripts/adapt_general_s2.json --resume
 nextblock export --model runs/general_s2 --out nextblock/assets/default --adapter \
     --dtype float16
 python scripts/eval_adaptation.py --model default --json runs/eval_general/s2.json
+# G3. (2026-12-03; not shipped: no gain over G2, docs/adaptation.md) more distilled data:
+#     resume distill.py over a copy of the G0 file with larger counts (G0's prompts are
+#     skipped); the new records are data/distill/general_g1.jsonl (committed)
+mkdir -p runs/distill && cp data/distill/general_g0.jsonl runs/distill/general.jsonl
+python scripts/distill.py --out runs/distill/general.jsonl --model default-base \
+    --source gsm8k:700 --source mbpp:374 --source templated:1800 --source docs:700 \
+    --source self_instruct:344 --source multiturn:700 --batch 32 --max-new-tokens 256 \
+    --dtype auto
+tail -n +2155 runs/distill/general.jsonl > data/distill/general_g1.jsonl
+#     from G2, G0 + G1 + GSM8K chat (0.3), lr 3e-4 WSD over 400 steps (run: planned as 500,
+#     re-planned to 400 at step 100 with --resume, which changes only the schedule's length)
+nextblock adapt --config scripts/adapt_general_s3.json --resume
+nextblock export --model runs/general_s3 --out adapters/general_s3 --adapter --dtype float16
+python scripts/learning_curve.py --run runs/general_s3 --every 200 --n 32 --loss-n 25 \
+    --start default --out runs/general_s3/curve.json --plot docs/general_s3_curve.png
