@@ -101,6 +101,7 @@ class Batch:
         capacity = max(len(r.prompt) for r in new) + max(self.budget[r.id] for r in new) \
             + 2 * self.B
         smp = Sampler(self.s, self.mask_token_id, [r.seed for r in new])
+        smp.engine = getattr(self.model, "nextblock_engine", None)
         part, logits, cached = self._prefill(new, capacity)
         first = smp.pick(logits, part.history() if self.history else None)[:, 0]
         if self.rows is None:

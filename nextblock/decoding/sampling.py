@@ -19,6 +19,7 @@ class Sampler:
         self.mask_token_id = mask_token_id
         self.generators = [None if seed is None else torch.Generator().manual_seed(seed)
                            for seed in seeds]
+        self.engine = None  # the int8 engine, whose C argmax greedy choices use (`pick`)
 
     def keep_rows(self, rows: list[int]) -> None:
         self.generators = [self.generators[r] for r in rows]
@@ -66,12 +67,20 @@ class Sampler:
         the rows that choose (the others take no randomness), as in `choose`."""
         if not (self.s.greedy and (self.s.repetition_penalty == 1.0 or history is None)):
             return self.choose(self.probs(logits, history), draw=draw)
-        tokens = logits.argmax(dim=-1)
+        if self.engine is not None and logits.device.type == "cpu":
+            return self.engine.argmax(logits, self.mask_token_id)
+        tokens = self.argmax(logits)
         hit = tokens == self.mask_token_id
         if bool(hit.any()):  # rare: recompute those positions without the mask token
             tokens = logits.float().index_fill(-1, self._mask_index(logits),
                                                -torch.inf).argmax(dim=-1)
         return tokens
+
+    def argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """x.argmax(-1), in the int8 engine's C when there is one (the same indices)."""
+        if self.engine is not None and x.device.type == "cpu":
+            return self.engine.argmax(x)
+        return x.argmax(dim=-1)
 
     def choose(self, probs: torch.Tensor, draw: torch.Tensor | None = None,
                sizes: list[int] | None = None) -> torch.Tensor:
@@ -79,7 +88,7 @@ class Sampler:
         where `draw` is True (other rows get their argmax and use no randomness), and only
         for a row's first `sizes[r]` positions (a shorter last block draws what it would
         draw alone)."""
-        tokens = probs.argmax(dim=-1)
+        tokens = self.argmax(probs)
         if self.s.greedy:
             return tokens
         for r, g in enumerate(self.generators):

@@ -146,6 +146,16 @@ class Int8Engine:
             self._scratch = torch.empty(need)
         return self._scratch
 
+    def argmax(self, logits: torch.Tensor, exclude: int = -1) -> torch.Tensor:
+        """`logits.argmax(-1)` with column `exclude` never chosen (the same index: the first
+        largest; finite logits), in C: greedy decoding's choice without torch's slower
+        argmax over the vocabulary (nb_argmax)."""
+        x = logits.float().contiguous()
+        out = torch.empty(x.shape[:-1], dtype=torch.long)
+        self.lib.nb_argmax(as_ptr(x), c_int(x.numel() // x.shape[-1]), c_int(x.shape[-1]),
+                           c_int(exclude), as_ptr(out))
+        return out
+
     @torch.no_grad()
     def forward(self, input_ids, positions, mask, cache: KVCache | None = None,
                 logits_from: int = 0, hidden: bool = False) -> torch.Tensor:

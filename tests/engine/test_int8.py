@@ -185,3 +185,18 @@ def test_masked_columns_between_keys_change_no_bit(family, shape):
         packed = forward(model, torch.tensor([ids]), torch.arange(n)[None],
                          mask(n, torch.ones(n, dtype=torch.bool)))
     assert torch.equal(spread[0, v], packed[0])
+
+
+def test_the_c_argmax_is_torchs_with_the_mask_left_out():
+    """Greedy choices go through the engine's argmax: the same index as torch.argmax (the
+    first largest, ties included) over rows whose largest may be the excluded column."""
+    eng = _engine_model("llama").nextblock_engine
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 1000, generator=g)
+    x[0, 0, [7, 400, 999]] = 9.0  # a three-way tie: the first wins
+    x[1, :, 13] = 50.0  # the excluded column is the largest everywhere in row 1
+    x[2, 2, :] = -1.0  # a flat row: index 0
+    want = x.index_fill(-1, torch.tensor([13]), -torch.inf).argmax(-1)
+    assert torch.equal(eng.argmax(x, 13), want)
+    assert torch.equal(eng.argmax(x[:, 1:4]), x[:, 1:4].argmax(-1))  # a strided view
+    assert eng.argmax(x, 13)[0, 0] == 7
