@@ -80,11 +80,6 @@ class Engine:
     def busy(self) -> bool:
         return bool(self.queue or self.rows)
 
-    @property
-    def live(self) -> int:
-        """Rows queued or decoding."""
-        return len(self.queue) + len(self.rows)
-
     def step(self, on_event: Callable[[Step | Emit], None] | None = None) -> list[Step | Emit]:
         """Run to the end of the next forward pass: its events (Emits first, the Step
         last); fewer, without a Step, when the batch ran out; [] when nothing is left."""

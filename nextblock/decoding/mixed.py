@@ -31,7 +31,7 @@ import torch
 from .batch import Batch
 from .events import Emit, Step
 from .policies import policy_for
-from .sampling import confidence
+from .strategies import fill_step, filled_of
 
 
 def start_blocks(batch: Batch, rows: list[int]) -> None:
@@ -107,18 +107,9 @@ def _forward(batch: Batch, ready: list[int], need: torch.Tensor) -> Step:
 
 
 def _fill(batch: Batch, logits, need, rows) -> dict[int, list[tuple[int, int]]]:
-    """A denoise step for `rows` (the policy fills masked positions of their blocks)."""
-    policy, blocks = policy_for(batch.s), batch.blocks
-    probs = batch.probs(logits, blocks)[:, :-1]  # position j predicts token j + 1
+    """A denoise step for `rows`: the policy fills masked positions of their blocks."""
     sizes = [max(0, int(x) - 1) for x in batch.lens]
-    draft = batch.sampler.choose(probs, draw=rows, sizes=sizes)
-    tokens = torch.cat([blocks[:, :1], draft], dim=1)
-    conf = confidence(probs, draft, policy.confidence)
-    conf = torch.cat([torch.full_like(conf[:, :1], -torch.inf), conf], dim=1)
-    transfer = policy.select(conf, need)
-    blocks.copy_(torch.where(transfer, tokens, blocks))
-    done = [len(batch.out[r]) for r in batch.alive]
-    out: dict[int, list[tuple[int, int]]] = {}
-    for i, j in transfer.nonzero().tolist():
-        out.setdefault(batch.alive[i], []).append((done[i] + j, int(tokens[i, j])))
-    return out
+    tokens, transfer, _ = fill_step(batch, policy_for(batch.s), logits, batch.blocks, need,
+                                    rows, sizes, greedy_draft=False)
+    batch.blocks.copy_(torch.where(transfer, tokens, batch.blocks))
+    return filled_of(batch.alive, transfer, tokens, [len(batch.out[r]) for r in batch.alive])

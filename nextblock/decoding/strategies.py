@@ -64,25 +64,25 @@ def denoise(batch: Batch, block, ragged, done: list[int], greedy_draft: bool
             tokens = torch.cat([block[:, :1], choice[:, :-1]], dim=1)
             transfer, guess = policy.candidates(need), choice[:, -1]
         else:
-            tokens, transfer, guess = _fill(batch, policy, logits, block, need, rows_left,
+            tokens, transfer, guess = fill_step(batch, policy, logits, block, need, rows_left,
                                             sizes, greedy_draft)
         block.copy_(torch.where(transfer, tokens, block))
         yield Step("denoise", batch.block_index, done[0], block.shape[1],
-                   _filled(batch.alive, transfer, tokens, done), fused=ahead is not None,
+                   filled_of(batch.alive, transfer, tokens, done), fused=ahead is not None,
                    rows=tuple(batch.alive))
 
 
-def _fill(batch: Batch, policy, logits, block, need, rows_left, sizes, greedy_draft):
-    """A denoise step's choice: draft tokens, the positions the policy fills, the guess of
-    the token after the block."""
+def fill_step(batch: Batch, policy, logits, block, need, rows_left, sizes, greedy_draft):
+    """A denoise step's choice (block mode, and mixed.py's denoising rows): draft tokens,
+    the positions the policy fills, the guess of the token after the block."""
     probs = batch.probs(logits, block)  # position j predicts token j + 1
     fill = probs[:, :-1]
-    draft = fill.argmax(-1) if greedy_draft else batch.sampler.choose(
+    draft = batch.sampler.argmax(fill) if greedy_draft else batch.sampler.choose(
         fill, draw=rows_left, sizes=sizes)
     tokens = torch.cat([block[:, :1], draft], dim=1)
     conf = confidence(fill, draft, policy.confidence)
     conf = torch.cat([torch.full_like(conf[:, :1], -torch.inf), conf], dim=1)
-    return tokens, policy.select(conf, need), probs[:, -1].argmax(-1)
+    return tokens, policy.select(conf, need), batch.sampler.argmax(probs[:, -1])
 
 
 def _commit_step(batch: Batch, block, guess) -> Step:
@@ -201,7 +201,8 @@ def verify_draft(sampler: Sampler, rows: Rows, block, logits, history: bool):
     return kept, anchor
 
 
-def _filled(alive, transfer, tokens, offsets):
+def filled_of(alive, transfer, tokens, offsets):
+    """A Step's `filled`: row id -> (generated index, token) of each position filled."""
     rows, cols = transfer.nonzero(as_tuple=True)
     filled: dict[int, list[tuple[int, int]]] = {}
     for i, j, t in zip(rows.tolist(), cols.tolist(), tokens[rows, cols].tolist()):
