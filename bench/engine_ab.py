@@ -1,8 +1,13 @@
 """A/B of two int8 engine sources in one process: forward cost by query length, interleaved.
 
-    git show 15ca338:nextblock/engine/int8_engine.c > /tmp/old.c
-    python bench/engine_ab.py /tmp/old.c nextblock/engine/int8_engine.c [--lengths 1,2,4,8]
-        [--rounds 15] [--threads 2]
+    mkdir /tmp/old && git archive 862c19b nextblock/engine | tar -x -C /tmp/old
+    python bench/engine_ab.py /tmp/old/nextblock/engine/int8_engine.c \
+        nextblock/engine/int8_engine.c [--lengths 1,2,4,8] [--rounds 15] [--threads 2]
+    python bench/engine_ab.py nextblock/engine/int8_engine.c@portable \
+        nextblock/engine/int8_engine.c          # one source, two kernel sets (SRC@ISA)
+
+A source is an int8_engine.c whose kernel headers sit beside it; SRC@ISA builds it with that
+instruction set's flags (portable, avx2, avx512_vnni; default the best this CPU has).
 
 On a machine whose speed drifts (steal time on a virtual machine), two runs of
 bench/forward_cost.py minutes apart differ by 10-20%, more than most kernel changes. This
@@ -31,7 +36,9 @@ import forward_cost  # noqa: E402
 
 
 def build(source: str, out: Path) -> ctypes.CDLL:
-    subprocess.run([compiler(), *compile_flags(), source, "-o", str(out), "-lm"], check=True)
+    path, _, isa = source.partition("@")
+    flags = compile_flags(isa=isa or None)
+    subprocess.run([compiler(), *flags, path, "-o", str(out), "-lm"], check=True)
     lib = ctypes.CDLL(str(out))
     lib.nb_scratch_floats.restype = ctypes.c_long
     return lib
@@ -39,7 +46,7 @@ def build(source: str, out: Path) -> ctypes.CDLL:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("sources", nargs=2, help="two int8_engine.c files: A and B")
+    p.add_argument("sources", nargs=2, help="two int8_engine.c files (SRC or SRC@ISA): A and B")
     p.add_argument("--lengths", default="1,2,4,8")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)

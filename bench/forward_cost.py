@@ -161,7 +161,8 @@ def main(argv=None):
     if cpp:
         rows["llama.cpp (Q4_1 GGUF)"] = cpp
     rows.update(floors)
-    print(f"{args.threads} threads, context {args.context}; copy bandwidth {bw:.1f} GB/s, "
+    print(f"int8 kernels: {engine.isa if engine else '-'}; "
+          f"{args.threads} threads, context {args.context}; copy bandwidth {bw:.1f} GB/s, "
           f"float32 GEMM peak {peak:.0f} GFLOP/s"
           + (f", engine int8 GEMM at 48 rows {int8_peak:.0f} GOP/s" if int8_peak else ""))
     head = "".join(f"{'T=' + str(T):>14}" for T in lengths)
@@ -172,7 +173,8 @@ def main(argv=None):
             print(f"{name:<28}{cells}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"bandwidth_gbs": bw, "fp32_peak_gflops": peak, "int8_peak_gops": int8_peak,
+            json.dump({"int8_kernels": engine.isa if engine else None, "bandwidth_gbs": bw,
+                       "fp32_peak_gflops": peak, "int8_peak_gops": int8_peak,
                        "context": args.context, "threads": args.threads, "ms": rows}, f, indent=1)
     if args.plot:
         import matplotlib

@@ -214,7 +214,8 @@ def cmd_bench(args) -> int:
     rows = B.grid(lm, args.modes, block_sizes=args.block_sizes,
                   thresholds=args.thresholds or B.BLOCK_THRESHOLDS,
                   sub_blocks=args.sub_blocks or B.SUB_BLOCKS)
-    title = (f"{lm.name} | {'int8 engine' if lm.quantization else 'float32 reference'} | "
+    engine = getattr(lm.model, "nextblock_engine", None)
+    title = (f"{lm.name} | {f'int8 engine ({engine.isa})' if engine else 'float32 reference'} | "
              f"{torch.get_num_threads()} threads | {len(prompts)} prompts | "
              f"{args.max_new_tokens} new tokens max | median of {args.repeats}")
     console = Console(stderr=True)

@@ -24,7 +24,12 @@ from functools import lru_cache
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("int8_engine.c")
-_VNNI_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma"]
+# the instruction sets with kernels of their own (int8_engine.c picks the header), best first
+ISA_FLAGS = {
+    "avx512_vnni": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma"],
+                    {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}),
+    "avx2": (["-mavx2", "-mfma"], {"avx2", "fma"}),
+}
 
 
 class EngineUnavailable(RuntimeError):
@@ -41,15 +46,26 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def compile_flags(portable: bool = False) -> list[str]:
-    """-O3 and OpenMP; AVX-512 VNNI only where this CPU has it (never -march=native: it
-    would also switch on AMX, which some hosts advertise but do not let a process use).
-    portable=True (or NEXTBLOCK_ENGINE_PORTABLE=1): plain C, for any CPU."""
+def best_isa() -> str:
+    """The best instruction set of ISA_FLAGS this CPU has, else "portable"."""
+    have = cpu_flags()
+    return next((isa for isa, (_, need) in ISA_FLAGS.items() if need <= have), "portable")
+
+
+def compile_flags(portable: bool = False, isa: str | None = None) -> list[str]:
+    """-O3 and OpenMP, plus the vector extensions of `isa` (default: the best this CPU has;
+    never -march=native: it would also switch on AMX, which some hosts advertise but do not
+    let a process use). portable=True (or NEXTBLOCK_ENGINE_PORTABLE=1): plain C, any CPU."""
     flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
-    portable = portable or os.environ.get("NEXTBLOCK_ENGINE_PORTABLE") == "1"
-    if not portable and {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= cpu_flags():
-        flags += _VNNI_FLAGS
-    return flags
+    if portable or (isa is None and os.environ.get("NEXTBLOCK_ENGINE_PORTABLE") == "1"):
+        isa = "portable"
+    isa = isa or best_isa()
+    return flags + (ISA_FLAGS[isa][0] if isa != "portable" else [])
+
+
+def sources(directory: Path = SOURCE.parent) -> list[Path]:
+    """The engine's C source and the kernel headers it includes (all part of the build key)."""
+    return [directory / SOURCE.name, *sorted(directory.glob("kernels_*.h"))]
 
 
 def compiler() -> str:
@@ -60,15 +76,16 @@ def compiler() -> str:
     return cc
 
 
-@lru_cache(maxsize=2)
-def engine_library(portable: bool = False) -> ctypes.CDLL:
+@lru_cache(maxsize=4)
+def engine_library(portable: bool = False, isa: str | None = None) -> ctypes.CDLL:
     from ..config import cache_dir
 
     import torch  # noqa: F401 - torch's libgomp must be loaded first (shared runtime)
 
-    cc, flags = compiler(), compile_flags(portable)
+    cc, flags = compiler(), compile_flags(portable, isa)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode() + version.encode())
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources()) + " ".join(flags).encode()
+                         + version.encode())
     target = cache_dir() / "engine" / f"int8_engine-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 /* nextblock's int8 CPU engine: the decoder layers of a Llama-family model in one call.
  *
- * Built by nextblock/engine/build.py (gcc -O3 -fopenmp, AVX-512 VNNI when the CPU has it),
+ * Built by nextblock/engine/build.py (gcc -O3 -fopenmp and the CPU's vector extensions),
  * driven through ctypes by nextblock/engine/int8.py. Why our own C and not torch ops: a
  * decode forward of a 135M model is ~900 small torch ops (39 ms of dispatch per forward
  * measured here), fbgemm quantises activations per tensor (a token's output would depend on
@@ -13,22 +13,20 @@
  *
  * Weights and activations are int8 with one scale per group of 64 inputs (per output channel
  * for weights, per row for activations; as llama.cpp's Q8_0: per-row scales alone cost 1.5%
- * of held-out loss here, groups 0.2%). Weights are packed for VNNI: blocks of 16 output
- * channels, each [K/4][16][4] bytes, so one 64-byte load feeds one vpdpbusd for every row of
- * the tile. Activations go in as unsigned bytes (q + 128); comp = 128 * the group's weight
- * sum undoes the offset.
+ * of held-out loss here, groups 0.2%). Weights are packed in blocks of 16 output channels,
+ * each [K/4][16][4] bytes: one 64-byte line holds 4 inputs of 16 channels.
+ *
+ * This file is the model: layers, attention, the head. The vector kernels (GEMM tiles, the
+ * attention passes, exp, quantisation) come from one header per instruction set, chosen at
+ * compile time: kernels_avx512.h (AVX-512 VNNI), kernels_avx2.h (AVX2 + FMA), else
+ * kernels_portable.h (plain C). All three give the same int32 sums and the same GEMM bits.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <omp.h>
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
-#include <immintrin.h>
-#define NB_VNNI 1
-#else
-#define NB_VNNI 0
-#endif
 #define NB_GROUP 64  /* inputs per quantisation group (weights and activations) */
+
 
 typedef struct {
     int n, k;               /* n: padded to a multiple of 32; k: to a multiple of 64 */
@@ -52,7 +50,16 @@ typedef struct {
     QLinear head;
 } Model;
 
-int nb_has_vnni(void) { return NB_VNNI; }
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#define NB_ISA 2
+#elif defined(__AVX2__) && defined(__FMA__)
+#define NB_ISA 1
+#else
+#define NB_ISA 0
+#endif
+
+/* Which kernels this build has: 2 AVX-512 VNNI, 1 AVX2 + FMA, 0 portable C. */
+int nb_isa(void) { return NB_ISA; }
 
 /* ---- row-wise helpers (fixed reduction order) -------------------------------------- */
 
@@ -72,70 +79,6 @@ static void rmsnorm(const float *x, const float *w, float *y, int d, float eps) 
     for (int i = 0; i < d; i++) y[i] = w[i] * (x[i] * r);
 }
 
-#if NB_VNNI
-/* exp(x) as 2^n * p(f), |f| <= 1/2, p of degree 7 (relative error about 1e-7): the same
- * operations for every element, so results do not depend on where an element sits. */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f));
-    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(t, n);
-    static const float c[8] = {1.0f, 0.693147180560f, 0.240226506959f, 0.0555041086648f,
-                               0.00961812910763f, 0.00133335581464f, 0.000154035303933f,
-                               0.0000152527338040f};
-    __m512 p = _mm512_set1_ps(c[7]);
-    for (int i = 6; i >= 0; i--) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
-    return _mm512_scalef_ps(p, n);
-}
-
-static void silu_mul(const float *g, const float *u, float *out, int n) {
-    for (int i = 0; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 x = _mm512_maskz_loadu_ps(k, g + i), y = _mm512_maskz_loadu_ps(k, u + i);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-        __m512 r = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-        _mm512_mask_storeu_ps(out + i, k, _mm512_mul_ps(r, y));
-    }
-}
-
-/* One row to unsigned bytes (q + 128), q = round-half-even(x * 127 / absmax) with one scale
- * per group of 64 inputs, written to sx[k / 64]. */
-static void quant_row(const float *x, uint8_t *q, float *sx, int d, int kp) {
-    for (int g0 = 0; g0 < kp; g0 += NB_GROUP) {
-        __m512 mx = _mm512_setzero_ps();
-        for (int i = g0; i < g0 + NB_GROUP; i += 16) {
-            __mmask16 k = i >= d ? 0 : d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
-            mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i)));
-        }
-        float m = _mm512_reduce_max_ps(mx);
-        __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 0.0f);
-        for (int i = g0; i < g0 + NB_GROUP; i += 16) {
-            __mmask16 k = i >= d ? 0 : d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
-            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
-            _mm_storeu_si128((__m128i *)(q + i),
-                             _mm512_cvtepi32_epi8(_mm512_add_epi32(v, _mm512_set1_epi32(128))));
-        }
-        sx[g0 / NB_GROUP] = m / 127.0f;
-    }
-}
-#else
-static void silu_mul(const float *g, const float *u, float *out, int n) {
-    for (int i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
-/* One row to unsigned bytes (q + 128), one scale per group of 64 inputs (as above). */
-static void quant_row(const float *x, uint8_t *q, float *sx, int d, int kp) {
-    for (int g0 = 0; g0 < kp; g0 += NB_GROUP) {
-        float m = 0.0f;
-        for (int i = g0; i < g0 + NB_GROUP && i < d; i++) m = fmaxf(m, fabsf(x[i]));
-        float inv = m > 0.0f ? 127.0f / m : 0.0f;
-        for (int i = g0; i < g0 + NB_GROUP; i++)
-            q[i] = i < d ? (uint8_t)((int)nearbyintf(x[i] * inv) + 128) : 128;
-        sx[g0 / NB_GROUP] = m / 127.0f;
-    }
-}
-#endif
-
 static void rope(float *x, const float *cos, const float *sin, int hd) {
     int h = hd / 2;
     for (int i = 0; i < h; i++) {
@@ -145,154 +88,7 @@ static void rope(float *x, const float *cos, const float *sin, int hd) {
     }
 }
 
-/* ---- int8 GEMM, grouped: y[m, n] = sum_g (xq[m, g] . w[n, g] - comp[n, g]) * ws[n, g] *
- * sx[m, g] + bias[n], groups of 64 inputs, the groups summed in order. ------------------ */
-
-#if NB_VNNI
-#ifndef NB_PF
-#define NB_PF 160  /* weight lines prefetched ahead (hardware prefetch stops at pages) */
-#endif
-/* MR rows x 32 channels; P independent int32 sums per output (latency hiding for few rows;
- * integer addition is exact, so the split changes no bit). */
-#define NB_TILE(MR, P)                                                                     \
-    static void tile##MR(const QLinear *L, const uint8_t *x, const float *sx, int c,       \
-                         float *y, int ldy) {                                              \
-        int kg = L->k / 4, ng = L->k / NB_GROUP;                                           \
-        __m512 f[MR][2];                                                                   \
-        for (int r = 0; r < MR; r++) f[r][0] = f[r][1] = _mm512_setzero_ps();              \
-        for (int gi = 0; gi < ng; gi++) {                                                  \
-            __m512i a0[MR][P], a1[MR][P];                                                  \
-            for (int r = 0; r < MR; r++)                                                   \
-                for (int p = 0; p < P; p++) a0[r][p] = a1[r][p] = _mm512_setzero_si512();  \
-            const int8_t *w0 = L->w + ((size_t)(2 * c) * kg + gi * 16) * 64;               \
-            const int8_t *w1 = w0 + (size_t)kg * 64;                                       \
-            const uint8_t *xg = x + gi * NB_GROUP;                                         \
-            for (int g = 0; g < 16; g += P)                                                \
-                for (int p = 0; p < P; p++) {                                              \
-                    _mm_prefetch((const char *)(w0 + (g + p + NB_PF) * 64), _MM_HINT_T0);  \
-                    _mm_prefetch((const char *)(w1 + (g + p + NB_PF) * 64), _MM_HINT_T0);  \
-                    __m512i v0 = _mm512_loadu_si512(w0 + (g + p) * 64);                    \
-                    __m512i v1 = _mm512_loadu_si512(w1 + (g + p) * 64);                    \
-                    for (int r = 0; r < MR; r++) {                                         \
-                        int32_t a4;                                                        \
-                        memcpy(&a4, xg + (size_t)r * L->k + 4 * (g + p), 4);               \
-                        __m512i b = _mm512_set1_epi32(a4);                                 \
-                        a0[r][p] = _mm512_dpbusd_epi32(a0[r][p], b, v0);                   \
-                        a1[r][p] = _mm512_dpbusd_epi32(a1[r][p], b, v1);                   \
-                    }                                                                      \
-                }                                                                          \
-            size_t e0 = ((size_t)(2 * c) * ng + gi) * 16, e1 = e0 + (size_t)ng * 16;       \
-            __m512i c0 = _mm512_loadu_si512(L->comp + e0), c1 = _mm512_loadu_si512(L->comp + e1); \
-            __m512 s0 = _mm512_loadu_ps(L->scale + e0), s1 = _mm512_loadu_ps(L->scale + e1); \
-            for (int r = 0; r < MR; r++) {                                                 \
-                for (int p = 1; p < P; p++) {                                              \
-                    a0[r][0] = _mm512_add_epi32(a0[r][0], a0[r][p]);                       \
-                    a1[r][0] = _mm512_add_epi32(a1[r][0], a1[r][p]);                       \
-                }                                                                          \
-                __m512 xs = _mm512_set1_ps(sx[(size_t)r * ng + gi]);                       \
-                f[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a0[r][0], c0)), \
-                                          _mm512_mul_ps(s0, xs), f[r][0]);                 \
-                f[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(a1[r][0], c1)), \
-                                          _mm512_mul_ps(s1, xs), f[r][1]);                 \
-            }                                                                              \
-        }                                                                                  \
-        for (int r = 0; r < MR; r++)                                                       \
-            for (int j = 0; j < 2; j++) {                                                  \
-                int n0 = c * 32 + j * 16;                                                  \
-                __m512 v = f[r][j];                                                        \
-                if (L->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(L->bias + n0));          \
-                _mm512_storeu_ps(y + (size_t)r * ldy + n0, v);                             \
-            }                                                                              \
-    }
-NB_TILE(1, 4)
-NB_TILE(2, 4)
-NB_TILE(3, 2)
-NB_TILE(4, 2)
-NB_TILE(5, 1)
-NB_TILE(6, 1)
-NB_TILE(7, 1)
-NB_TILE(8, 1)
-#define NB_MR 8
-#else
-/* Portable path: the same packed layout, int32 group sums and float order of groups. */
-static void tile_scalar(const QLinear *L, const uint8_t *x, const float *sx, int MR, int c,
-                        float *y, int ldy) {
-    int kg = L->k / 4, ng = L->k / NB_GROUP;
-    for (int r = 0; r < MR; r++)
-        for (int j = 0; j < 2; j++) {
-            int blk = 2 * c + j;
-            const int8_t *w = L->w + (size_t)blk * kg * 64;
-            float f[16] = {0};
-            for (int gi = 0; gi < ng; gi++) {
-                int32_t acc[16] = {0};
-                for (int g = gi * 16; g < gi * 16 + 16; g++)
-                    for (int l = 0; l < 16; l++)
-                        for (int b = 0; b < 4; b++)
-                            acc[l] += (int32_t)x[(size_t)r * L->k + 4 * g + b] *
-                                      (int32_t)w[(size_t)g * 64 + l * 4 + b];
-                size_t e = ((size_t)blk * ng + gi) * 16;
-                for (int l = 0; l < 16; l++)
-                    f[l] = fmaf((float)(acc[l] - L->comp[e + l]),
-                                L->scale[e + l] * sx[(size_t)r * ng + gi], f[l]);
-            }
-            for (int l = 0; l < 16; l++) {
-                int n = blk * 16 + l;
-                y[(size_t)r * ldy + n] = L->bias ? f[l] + L->bias[n] : f[l];
-            }
-        }
-}
-#define NB_MR 4
-#endif
-
-/* Each 32-channel chunk of weights is read from memory once for all M rows: its row tiles
- * run back to back while the chunk sits in L2. A worksharing loop: called by every thread
- * of the enclosing parallel region (one region per forward: barriers, not fork/join). */
-static void qgemm(const QLinear *L, const uint8_t *x, const float *sx, int M, float *y,
-                  int ldy) {
-    int chunks = L->n / 32, ng = L->k / NB_GROUP;
-#pragma omp for schedule(static)
-    for (int c = 0; c < chunks; c++)
-        for (int m0 = 0; m0 < M; m0 += NB_MR) {
-            int mr = M - m0 < NB_MR ? M - m0 : NB_MR;
-            const uint8_t *xr = x + (size_t)m0 * L->k;
-            const float *sr = sx + (size_t)m0 * ng;
-            float *yr = y + (size_t)m0 * ldy;
-#if NB_VNNI
-            switch (mr) {
-            case 1: tile1(L, xr, sr, c, yr, ldy); break;
-            case 2: tile2(L, xr, sr, c, yr, ldy); break;
-            case 3: tile3(L, xr, sr, c, yr, ldy); break;
-            case 4: tile4(L, xr, sr, c, yr, ldy); break;
-            case 5: tile5(L, xr, sr, c, yr, ldy); break;
-            case 6: tile6(L, xr, sr, c, yr, ldy); break;
-            case 7: tile7(L, xr, sr, c, yr, ldy); break;
-            default: tile8(L, xr, sr, c, yr, ldy); break;
-            }
-#else
-            tile_scalar(L, xr, sr, mr, c, yr, ldy);
-#endif
-        }
-}
-
-/* x [M, d] -> y [M, L->n] (x and y may alias: every row is quantised before the GEMM
- * writes); q [M, L->k] bytes and sx [M, L->k / 64] are scratch. Inside a parallel region. */
-static void linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
-                   float *y) {
-    int ng = L->k / NB_GROUP;
-#pragma omp for schedule(static)
-    for (int m = 0; m < M; m++)
-        quant_row(x + (size_t)m * d, q + (size_t)m * L->k, sx + (size_t)m * ng, d, L->k);
-    qgemm(L, q, sx, M, y, L->n);
-}
-
-/* The same, called alone (the benchmark's GEMM rows): its own parallel region. */
-void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
-               float *y) {
-#pragma omp parallel
-    linear(L, x, M, d, q, sx, y);
-}
-
-/* ---- attention: per (row, head, query), 16 keys a step ----------------------------------
+/* ---- attention: per (row, head, query), the keys 16 (AVX-512) or 8 (AVX2) at a time -----
  * Softmax over the keys a query may see, in three passes: scores (and their max), exp, then
  * the weighted sum of values and the sum of weights, both over the visible keys in order.
  * Row independence: a key's score and weight are computed the same way whatever column or
@@ -331,105 +127,52 @@ static void values_scalar(float *s, float mx, const float *vb, const uint8_t *mk
     for (int i = 0; i < hd; i++) o[i] /= sum;
 }
 
-#if NB_VNNI
-/* a[l] holds 16 partial sums of key l's score; returns lane l = the sum of a[l] (a fixed
- * tree of unpacks and 128-bit shuffles, the same for every key). */
-static inline __m512 sum16x16(__m512 *a) {
-    __m512 b[8], c[4];
-    for (int k = 0; k < 8; k++)
-        b[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]),
-                             _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
-    for (int k = 0; k < 4; k++) {
-        __m512d x = _mm512_castps_pd(b[2 * k]), y = _mm512_castps_pd(b[2 * k + 1]);
-        c[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-    }
-    __m512 e = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88),
-                             _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
-    __m512 f = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88),
-                             _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(e, f, 0x88), _mm512_shuffle_f32x4(e, f, 0xDD));
-}
-
-static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
-    __mmask16 in = K - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (K - j0)) - 1);
-    __m128i m = _mm_maskz_loadu_epi8(in, mk + j0);
-    return _mm_mask_cmpneq_epi8_mask(in, m, _mm_setzero_si128());
-}
-
-/* The two passes over 16 keys a step, NV = hd / 16 vectors per key (the query and the
- * output stay in registers). */
-#define ATTEND(NV)                                                                           \
-    static float scores##NV(const float *q, const float *kb, const uint8_t *mk, int K,       \
-                            float scale, float *s) {                                         \
-        const int hd = 16 * NV;                                                               \
-        __m512 qv[NV], acc[16], mxv = _mm512_set1_ps(-INFINITY);                              \
-        for (int i = 0; i < NV; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);                    \
-        for (int j0 = 0; j0 < K; j0 += 16) {                                                  \
-            __mmask16 m = key_mask(mk, j0, K);                                                \
-            if (!m) continue;                                                                 \
-            for (int l = 0; l < 16; l++) {                                                    \
-                acc[l] = _mm512_setzero_ps();                                                 \
-                if (m >> l & 1) {                                                             \
-                    const float *k = kb + (size_t)(j0 + l) * hd;                              \
-                    for (int i = 0; i < NV; i++)                                              \
-                        acc[l] = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), acc[l]); \
-                }                                                                             \
-            }                                                                                 \
-            __m512 sc = _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale));                  \
-            _mm512_storeu_ps(s + j0, sc);                                                     \
-            mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);                                        \
-        }                                                                                     \
-        return _mm512_reduce_max_ps(mxv);                                                     \
-    }                                                                                         \
-    static void values##NV(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
-                           float *o) {                                                        \
-        const int hd = 16 * NV;                                                               \
-        __m512 ov[NV];                                                                        \
-        float sum = 0.0f;                                                                     \
-        for (int i = 0; i < NV; i++) ov[i] = _mm512_setzero_ps();                            \
-        if (mx == -INFINITY) {                                                                \
-            for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, ov[i]);                \
-            return;                                                                           \
-        }                                                                                     \
-        for (int j0 = 0; j0 < K; j0 += 16) {                                                  \
-            __mmask16 m = key_mask(mk, j0, K);                                                \
-            if (!m) continue;                                                                 \
-            __m512 p = _mm512_maskz_mov_ps(                                                   \
-                m, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j0), _mm512_set1_ps(mx))));       \
-            _mm512_storeu_ps(s + j0, p);                                                      \
-            for (int l = 0; l < 16; l++)                                                      \
-                if (m >> l & 1) {                                                             \
-                    sum += s[j0 + l];                                                         \
-                    __m512 pl = _mm512_set1_ps(s[j0 + l]);                                    \
-                    const float *v = vb + (size_t)(j0 + l) * hd;                              \
-                    for (int i = 0; i < NV; i++)                                              \
-                        ov[i] = _mm512_fmadd_ps(pl, _mm512_loadu_ps(v + 16 * i), ov[i]);      \
-                }                                                                             \
-        }                                                                                     \
-        __m512 inv = _mm512_set1_ps(1.0f / sum);                                              \
-        for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, _mm512_mul_ps(ov[i], inv)); \
-    }
-ATTEND(4)
-ATTEND(8)
+/* ---- the vector kernels: silu_mul, quant_row, gemm_tile (NB_MR rows), scores_of and
+ * values_of (the scalar passes above for head sizes they do not cover) ------------------ */
+#if NB_ISA == 2
+#include "kernels_avx512.h"
+#elif NB_ISA == 1
+#include "kernels_avx2.h"
+#else
+#include "kernels_portable.h"
 #endif
 
-static float scores_of(const Model *m, const float *q, const float *kb, const uint8_t *mk,
-                       int K, float *s) {
-#if NB_VNNI
-    if (m->hd == 64) return scores4(q, kb, mk, K, m->attn_scale, s);
-    if (m->hd == 128) return scores8(q, kb, mk, K, m->attn_scale, s);
-#endif
-    return scores_scalar(q, kb, mk, K, m->hd, m->attn_scale, s);
+/* ---- int8 GEMM, grouped: y[m, n] = sum_g (xq[m, g] . w[n, g]) * ws[n, g] * sx[m, g] +
+ * bias[n], groups of 64 inputs, the int32 group sums exact, the groups summed in order. -- */
+
+/* Each 32-channel chunk of weights is read from memory once for all M rows: its row tiles
+ * run back to back while the chunk sits in L2. A worksharing loop: called by every thread
+ * of the enclosing parallel region (one region per forward: barriers, not fork/join). */
+static void qgemm(const QLinear *L, const uint8_t *x, const float *sx, int M, float *y,
+                  int ldy) {
+    int chunks = L->n / 32, ng = L->k / NB_GROUP;
+#pragma omp for schedule(static)
+    for (int c = 0; c < chunks; c++)
+        for (int m0 = 0; m0 < M; m0 += NB_MR) {
+            int mr = M - m0 < NB_MR ? M - m0 : NB_MR;
+            const uint8_t *xr = x + (size_t)m0 * L->k;
+            const float *sr = sx + (size_t)m0 * ng;
+            float *yr = y + (size_t)m0 * ldy;
+            gemm_tile(L, xr, sr, mr, c, yr, ldy);
+        }
 }
 
-static void values_of(const Model *m, float *s, float mx, const float *vb, const uint8_t *mk,
-                      int K, float *o) {
-#if NB_VNNI
-    if (m->hd == 64) { values4(s, mx, vb, mk, K, o); return; }
-    if (m->hd == 128) { values8(s, mx, vb, mk, K, o); return; }
-#endif
-    values_scalar(s, mx, vb, mk, K, m->hd, o);
+/* x [M, d] -> y [M, L->n] (x and y may alias: every row is quantised before the GEMM
+ * writes); q [M, L->k] bytes and sx [M, L->k / 64] are scratch. Inside a parallel region. */
+static void linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
+                   float *y) {
+    int ng = L->k / NB_GROUP;
+#pragma omp for schedule(static)
+    for (int m = 0; m < M; m++)
+        quant_row(x + (size_t)m * d, q + (size_t)m * L->k, sx + (size_t)m * ng, d, L->k);
+    qgemm(L, q, sx, M, y, L->n);
+}
+
+/* The same, called alone (the benchmark's GEMM rows): its own parallel region. */
+void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
+               float *y) {
+#pragma omp parallel
+    linear(L, x, M, d, q, sx, y);
 }
 
 #define NB_QCHUNK 4  /* queries of one head per work item: their keys stay in L1 per pass */

@@ -19,9 +19,16 @@ SHAPES = [(f, {}) for f in FAMILIES] + [
     ("qwen3", dict(head_dim=128))]
 
 
-def _engine_model(family, seed=0, **kw):
+def _isas():
+    """The kernels this CPU can run: portable C always, then the SIMD ones it has."""
+    from nextblock.engine.build import ISA_FLAGS, cpu_flags
+
+    return ["portable"] + [isa for isa, (_, need) in ISA_FLAGS.items() if need <= cpu_flags()]
+
+
+def _engine_model(family, seed=0, isa=None, **kw):
     model = tiny_model(family, seed=seed, **kw)
-    model.nextblock_engine = Int8Engine(model)
+    model.nextblock_engine = Int8Engine(model, isa=isa)
     return model
 
 
@@ -29,9 +36,10 @@ def _causal(T, K):
     return torch.ones(T, K, dtype=torch.bool).tril(K - T)[None, None]
 
 
+@pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("family,shape", SHAPES)
-def test_a_pass_of_T_tokens_equals_T_one_token_passes_bit_for_bit(family, shape):
-    model = _engine_model(family, **shape)
+def test_a_pass_of_T_tokens_equals_T_one_token_passes_bit_for_bit(family, shape, isa):
+    model = _engine_model(family, isa=isa, **shape)
     n, c = 37, 19  # keys span whole and partial 16-key steps
     ids = torch.tensor(random_prompts([n, n], seed=3))
     pos = torch.arange(n)[None].repeat(2, 1)
@@ -95,14 +103,15 @@ def _apply(eng, ql, x):
     return y
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_gemm_equals_the_quantised_arithmetic(portable):
+@pytest.mark.parametrize("isa", _isas())
+def test_gemm_equals_the_quantised_arithmetic(isa):
     torch.manual_seed(0)
     lin = torch.nn.Linear(2 * GROUP, 96)
     model = tiny_model("llama")
-    eng = Int8Engine(model, portable=portable)
+    eng = Int8Engine(model, isa=isa)
+    assert eng.isa == isa
     ql, _ = eng._linear([lin])
-    x = torch.randn(7, 2 * GROUP)
+    x = torch.randn(11, 2 * GROUP)  # 11 rows: full and partial row tiles of every kernel
     x[3] *= 40  # an outlier row changes no other row
     y = _apply(eng, ql, x)
     ref = _gemm_reference(x, lin.weight.detach(), lin.bias.detach())
@@ -110,20 +119,27 @@ def test_gemm_equals_the_quantised_arithmetic(portable):
     assert ((y[:, :96] - lin(x).detach()).norm(dim=1) / lin(x).detach().norm(dim=1)).max() < 0.02
 
 
-def test_portable_and_vnni_builds_give_the_same_products():
-    from nextblock.engine.build import compile_flags
-
-    if "-mavx512vnni" not in compile_flags():
-        pytest.skip("this CPU has no AVX-512 VNNI: only the portable build exists")
+def test_every_kernel_set_gives_the_same_products():
+    """The SIMD kernels sum the same int32 products as the portable C (AVX-512 with the +128
+    offset and comp, AVX2 with signed bytes and the sign trick) and share its epilogue, so a
+    GEMM gives the same bits on every CPU; large activations and weights check that the
+    AVX2 byte products never saturate."""
+    isas = _isas()
+    if len(isas) == 1:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512 VNNI: only the portable build exists")
     torch.manual_seed(1)
     lin = torch.nn.Linear(3 * GROUP, 64, bias=False)
-    x = torch.randn(5, 3 * GROUP)
+    with torch.no_grad():
+        lin.weight[:, ::2] = lin.weight[:, ::2].abs().clamp_min(0.05) * 10  # full-scale pairs
+    x = torch.randn(9, 3 * GROUP)
+    x[:, ::2] = x[:, ::2].abs() * 10
     outs = []
-    for portable in (False, True):
-        eng = Int8Engine(tiny_model("llama"), portable=portable)
+    for isa in isas:
+        eng = Int8Engine(tiny_model("llama"), isa=isa)
         ql, _ = eng._linear([lin])
         outs.append(_apply(eng, ql, x))
-    assert torch.equal(outs[0], outs[1])
+    for isa, out in zip(isas[1:], outs[1:]):
+        assert torch.equal(out, outs[0]), isa
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
