@@ -26,16 +26,14 @@ class Lookahead:
     the commit confirms the guess, used once by the next denoise step, invalidated whenever
     the batch changes under it."""
 
-    def __init__(self, device: torch.device | None = None, wide_cost: float | None = None):
+    def __init__(self, device: torch.device | None = None):
         self.logits: torch.Tensor | None = None
         # A fused commit runs 2b tokens instead of b and saves a b-token denoise forward when
         # the guess is confirmed: it pays when P(confirmed) > (cost(2b) - cost(b)) / cost(b).
-        # wide_cost = cost(8) / cost(4) of the forward in use (the int8 engine's, per kernel
-        # set: Int8Engine.wide_cost); on the CPU without it, 1.25 (float32 torch: T=4 1.40,
-        # T=8 1.62 one-token forwards); on an accelerator a few more tokens are nearly free
-        # and fusing always pays.
-        on_cpu = device is None or device.type == "cpu"
-        self.pays_above = (wide_cost or 1.25) - 1.0 if on_cpu else 0.0
+        # On the CPU engine cost(8) / cost(4) is about 1.25 (bench/forward_cost.py: T=4 1.15,
+        # T=8 1.45 one-token forwards), so below 0.25 the fused half is a loss; on an
+        # accelerator a few more tokens are nearly free and fusing always pays.
+        self.pays_above = 0.25 if device is None or device.type == "cpu" else 0.0
         # P(confirmed), estimated from this decode's own blocks (fused or not, every commit
         # tells whether it would have confirmed): a moving average, starting optimistic.
         self.rate = 1.0
@@ -79,8 +77,7 @@ class Batch:
         self.budget: dict[int, int] = {}
         self.out: dict[int, list[int]] = {}
         self.block_index = 0
-        engine = getattr(model, "nextblock_engine", None)
-        self.look = Lookahead(next(model.parameters()).device, getattr(engine, "wide_cost", None))
+        self.look = Lookahead(next(model.parameters()).device)
         # mixed-phase decoding (mixed.py): each row's own current block [n, B], its length,
         # and how many blocks each row has started
         self.blocks: torch.Tensor | None = None

@@ -76,9 +76,6 @@ def unsupported_reason(model) -> str | None:
 
 class Int8Engine:
     ISAS = ("portable", "avx2", "avx512_vnni")  # nb_isa()'s codes
-    # cost(8 tokens) / cost(4 tokens) of a forward per kernel set, from bench/forward_cost.py
-    # (docs/engine.md): what a fused commit's extra tokens cost (decoding.batch.Lookahead)
-    WIDE_COST = {"avx512_vnni": 1.25, "avx2": 1.7, "portable": 1.9}
 
     def __init__(self, model, portable: bool = False, isa: str | None = None):
         """portable / isa: the kernels to build (build.compile_flags); default the best this
@@ -87,7 +84,6 @@ class Int8Engine:
 
         self.lib = engine_library(portable, isa)
         self.isa = self.ISAS[self.lib.nb_isa()]
-        self.wide_cost = self.WIDE_COST[self.isa]
         self._keep: list[torch.Tensor] = []  # every buffer a C pointer refers to
         dec, cfg = decoder(model), model.config
         self.rotary, self.embed = dec.rotary_emb, dec.embed_tokens.weight.detach().float()

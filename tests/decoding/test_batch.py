@@ -30,20 +30,3 @@ def test_on_an_accelerator_fusing_always_pays():
     for _ in range(20):
         look.offer(None, confirmed=False)
     assert look.worth()
-
-
-def test_the_wider_a_fused_forward_costs_the_sooner_fusing_stops():
-    """A fused commit pays when P(confirmed) > cost(2b) / cost(b) - 1: on kernels where an
-    8-token forward costs 1.7 four-token ones (the AVX2 engine), fewer misses stop it."""
-    def misses_until_stop(wide_cost):
-        look, n = Lookahead(torch.device("cpu"), wide_cost), 0
-        while look.worth():
-            look.offer(None, confirmed=False)
-            n += 1
-        return n
-
-    assert misses_until_stop(1.7) < misses_until_stop(1.25) == misses_until_stop(None)
-    look = Lookahead(torch.device("cpu"), 1.7)
-    for hit in [True, False] * 10:  # confirmed half the time: below 0.7, not worth it
-        look.offer(None, confirmed=hit)
-    assert not look.worth()
