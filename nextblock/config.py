@@ -175,8 +175,8 @@ class BlockConfig:
         """Default decoding settings for this model: its recommendation over the defaults."""
         fields = {f.name for f in dataclasses.fields(DecodeSettings)}
         known = {k: v for k, v in self.decoding.items() if k in fields}
-        s = DecodeSettings(block_size=self.block_size, **known)
-        return s
+        # the trained block size unless the recommendation names another (a trained one)
+        return DecodeSettings(**{"block_size": self.block_size, **known})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

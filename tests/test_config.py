@@ -36,6 +36,14 @@ def test_block_config_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # atomic write leaves no temporary file
 
 
+def test_a_recommendation_may_name_its_own_block_size():
+    cfg = BlockConfig.from_dict({"mask_token_id": 7, "block_size": 4, "trained_block_sizes": [1, 2, 4],
+                                 "decoding": {"mode": "verified", "block_size": 2, "threshold": 0.0}})
+    s = cfg.recommended()
+    assert (s.mode, s.block_size, s.threshold) == ("verified", 2, 0.0)
+    assert BlockConfig(mask_token_id=7, block_size=4).recommended().block_size == 4
+
+
 def test_block_config_rejects_unsupported_shift():
     with pytest.raises(ConfigError, match="shift"):
         BlockConfig.from_dict({"mask_token_id": 1, "shift": 0})
