@@ -127,8 +127,8 @@ static void values_scalar(float *s, float mx, const float *vb, const uint8_t *mk
     for (int i = 0; i < hd; i++) o[i] /= sum;
 }
 
-/* ---- the vector kernels: silu_mul, quant_row, gemm_tile (NB_MR rows), scores_of and
- * values_of (the scalar passes above for head sizes they do not cover) ------------------ */
+/* ---- the vector kernels: silu_mul, quant_row, gemm_tile (NB_MR rows) and, in the SIMD
+ * sets, the attention passes for head sizes 64 and 128 (scores64 / values64, ...) ------- */
 #if NB_ISA == 2
 #include "kernels_avx512.h"
 #elif NB_ISA == 1
@@ -136,6 +136,24 @@ static void values_scalar(float *s, float mx, const float *vb, const uint8_t *mk
 #else
 #include "kernels_portable.h"
 #endif
+
+static float scores_of(const Model *m, const float *q, const float *kb, const uint8_t *mk,
+                       int K, float *s) {
+#if NB_ISA > 0
+    if (m->hd == 64) return scores64(q, kb, mk, K, m->attn_scale, s);
+    if (m->hd == 128) return scores128(q, kb, mk, K, m->attn_scale, s);
+#endif
+    return scores_scalar(q, kb, mk, K, m->hd, m->attn_scale, s);
+}
+
+static void values_of(const Model *m, float *s, float mx, const float *vb, const uint8_t *mk,
+                      int K, float *o) {
+#if NB_ISA > 0
+    if (m->hd == 64) { values64(s, mx, vb, mk, K, o); return; }
+    if (m->hd == 128) { values128(s, mx, vb, mk, K, o); return; }
+#endif
+    values_scalar(s, mx, vb, mk, K, m->hd, o);
+}
 
 /* ---- int8 GEMM, grouped: y[m, n] = sum_g (xq[m, g] . w[n, g]) * ws[n, g] * sx[m, g] +
  * bias[n], groups of 64 inputs, the int32 group sums exact, the groups summed in order. -- */

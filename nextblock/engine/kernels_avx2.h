@@ -170,8 +170,8 @@ static inline __m256 visible8(const uint8_t *mk, int j0, int K, int *bits) {
 }
 
 /* The two passes over 8 keys a step, NV = hd / 8 vectors per key. */
-#define ATTEND(NV)                                                                           \
-    static float scores##NV(const float *q, const float *kb, const uint8_t *mk, int K,       \
+#define ATTEND(NV, HD)                                                                       \
+    static float scores##HD(const float *q, const float *kb, const uint8_t *mk, int K,       \
                             float scale, float *s) {                                         \
         const int hd = 8 * NV;                                                                \
         __m256 mxv = _mm256_set1_ps(-INFINITY);                                              \
@@ -194,7 +194,7 @@ static inline __m256 visible8(const uint8_t *mk, int j0, int K, int *bits) {
         }                                                                                     \
         return hmax8(mxv);                                                                    \
     }                                                                                         \
-    static void values##NV(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
+    static void values##HD(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
                            float *o) {                                                        \
         const int hd = 8 * NV;                                                                \
         __m256 ov[NV];                                                                        \
@@ -223,19 +223,5 @@ static inline __m256 visible8(const uint8_t *mk, int j0, int K, int *bits) {
         __m256 inv = _mm256_set1_ps(1.0f / sum);                                              \
         for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(ov[i], inv)); \
     }
-ATTEND(8)
-ATTEND(16)
-
-static float scores_of(const Model *m, const float *q, const float *kb, const uint8_t *mk,
-                       int K, float *s) {
-    if (m->hd == 64) return scores8(q, kb, mk, K, m->attn_scale, s);
-    if (m->hd == 128) return scores16(q, kb, mk, K, m->attn_scale, s);
-    return scores_scalar(q, kb, mk, K, m->hd, m->attn_scale, s);
-}
-
-static void values_of(const Model *m, float *s, float mx, const float *vb, const uint8_t *mk,
-                      int K, float *o) {
-    if (m->hd == 64) { values8(s, mx, vb, mk, K, o); return; }
-    if (m->hd == 128) { values16(s, mx, vb, mk, K, o); return; }
-    values_scalar(s, mx, vb, mk, K, m->hd, o);
-}
+ATTEND(8, 64)
+ATTEND(16, 128)

@@ -162,8 +162,8 @@ static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
 
 /* The two passes over 16 keys a step, NV = hd / 16 vectors per key (the query and the
  * output stay in registers). */
-#define ATTEND(NV)                                                                           \
-    static float scores##NV(const float *q, const float *kb, const uint8_t *mk, int K,       \
+#define ATTEND(NV, HD)                                                                       \
+    static float scores##HD(const float *q, const float *kb, const uint8_t *mk, int K,       \
                             float scale, float *s) {                                         \
         const int hd = 16 * NV;                                                               \
         __m512 qv[NV], acc[16], mxv = _mm512_set1_ps(-INFINITY);                              \
@@ -185,7 +185,7 @@ static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
         }                                                                                     \
         return _mm512_reduce_max_ps(mxv);                                                     \
     }                                                                                         \
-    static void values##NV(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
+    static void values##HD(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
                            float *o) {                                                        \
         const int hd = 16 * NV;                                                               \
         __m512 ov[NV];                                                                        \
@@ -213,19 +213,5 @@ static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
         __m512 inv = _mm512_set1_ps(1.0f / sum);                                              \
         for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, _mm512_mul_ps(ov[i], inv)); \
     }
-ATTEND(4)
-ATTEND(8)
-
-static float scores_of(const Model *m, const float *q, const float *kb, const uint8_t *mk,
-                       int K, float *s) {
-    if (m->hd == 64) return scores4(q, kb, mk, K, m->attn_scale, s);
-    if (m->hd == 128) return scores8(q, kb, mk, K, m->attn_scale, s);
-    return scores_scalar(q, kb, mk, K, m->hd, m->attn_scale, s);
-}
-
-static void values_of(const Model *m, float *s, float mx, const float *vb, const uint8_t *mk,
-                      int K, float *o) {
-    if (m->hd == 64) { values4(s, mx, vb, mk, K, o); return; }
-    if (m->hd == 128) { values8(s, mx, vb, mk, K, o); return; }
-    values_scalar(s, mx, vb, mk, K, m->hd, o);
-}
+ATTEND(4, 64)
+ATTEND(8, 128)

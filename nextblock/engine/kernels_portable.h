@@ -53,13 +53,3 @@ static void gemm_tile(const QLinear *L, const uint8_t *x, const float *sx, int m
                       float *y, int ldy) {
     tile_scalar(L, x, sx, mr, c, y, ldy);
 }
-
-static float scores_of(const Model *m, const float *q, const float *kb, const uint8_t *mk,
-                       int K, float *s) {
-    return scores_scalar(q, kb, mk, K, m->hd, m->attn_scale, s);
-}
-
-static void values_of(const Model *m, float *s, float mx, const float *vb, const uint8_t *mk,
-                      int K, float *o) {
-    values_scalar(s, mx, vb, mk, K, m->hd, o);
-}
