@@ -46,18 +46,23 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def best_isa() -> str:
-    """The best instruction set of ISA_FLAGS this CPU has, else "portable"."""
+def runnable_isas() -> list[str]:
+    """The kernel sets this CPU can run, best first; "portable" (plain C) always last."""
     have = cpu_flags()
-    return next((isa for isa, (_, need) in ISA_FLAGS.items() if need <= have), "portable")
+    return [isa for isa, (_, need) in ISA_FLAGS.items() if need <= have] + ["portable"]
 
 
-def compile_flags(portable: bool = False, isa: str | None = None) -> list[str]:
-    """-O3 and OpenMP, plus the vector extensions of `isa` (default: the best this CPU has;
-    never -march=native: it would also switch on AMX, which some hosts advertise but do not
-    let a process use). portable=True (or NEXTBLOCK_ENGINE_PORTABLE=1): plain C, any CPU."""
+def best_isa() -> str:
+    """The kernel set the engine is built with by default."""
+    return runnable_isas()[0]
+
+
+def compile_flags(isa: str | None = None) -> list[str]:
+    """-O3 and OpenMP, plus the vector extensions of `isa` (default: the best this CPU has,
+    or "portable" with NEXTBLOCK_ENGINE_PORTABLE=1; never -march=native: it would also
+    switch on AMX, which some hosts advertise but do not let a process use)."""
     flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11"]
-    if portable or (isa is None and os.environ.get("NEXTBLOCK_ENGINE_PORTABLE") == "1"):
+    if isa is None and os.environ.get("NEXTBLOCK_ENGINE_PORTABLE") == "1":
         isa = "portable"
     isa = isa or best_isa()
     return flags + (ISA_FLAGS[isa][0] if isa != "portable" else [])
@@ -77,12 +82,12 @@ def compiler() -> str:
 
 
 @lru_cache(maxsize=4)
-def engine_library(portable: bool = False, isa: str | None = None) -> ctypes.CDLL:
+def engine_library(isa: str | None = None) -> ctypes.CDLL:
     from ..config import cache_dir
 
     import torch  # noqa: F401 - torch's libgomp must be loaded first (shared runtime)
 
-    cc, flags = compiler(), compile_flags(portable, isa)
+    cc, flags = compiler(), compile_flags(isa)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(b"".join(p.read_bytes() for p in sources()) + " ".join(flags).encode()
                          + version.encode())

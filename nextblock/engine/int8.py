@@ -77,12 +77,12 @@ def unsupported_reason(model) -> str | None:
 class Int8Engine:
     ISAS = ("portable", "avx2", "avx512_vnni")  # nb_isa()'s codes
 
-    def __init__(self, model, portable: bool = False, isa: str | None = None):
-        """portable / isa: the kernels to build (build.compile_flags); default the best this
-        CPU has."""
+    def __init__(self, model, isa: str | None = None):
+        """isa: the kernel set to build ("portable", "avx2", "avx512_vnni"; build.compile_flags);
+        default the best this CPU has."""
         from ..modeling import decoder, lm_head
 
-        self.lib = engine_library(portable, isa)
+        self.lib = engine_library(isa)
         self.isa = self.ISAS[self.lib.nb_isa()]
         self._keep: list[torch.Tensor] = []  # every buffer a C pointer refers to
         dec, cfg = decoder(model), model.config

@@ -20,10 +20,10 @@ SHAPES = [(f, {}) for f in FAMILIES] + [
 
 
 def _isas():
-    """The kernels this CPU can run: portable C always, then the SIMD ones it has."""
-    from nextblock.engine.build import ISA_FLAGS, cpu_flags
+    """The kernels this CPU can run, portable C first (the reference of the bit test)."""
+    from nextblock.engine.build import runnable_isas
 
-    return ["portable"] + [isa for isa, (_, need) in ISA_FLAGS.items() if need <= cpu_flags()]
+    return runnable_isas()[::-1]
 
 
 def _engine_model(family, seed=0, isa=None, **kw):
