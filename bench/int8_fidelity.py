@@ -3,9 +3,11 @@
     python bench/int8_fidelity.py [--model default] [--texts 8] [--new-tokens 16]
 
 Held-out loss on GSM8K *training* texts (question + answer; `../shared/data/gsm8k/train.jsonl`,
-or `--text FILE`) for: float32, the engine, and two simulated formats (torch fake-quant of
+or `--text FILE`) for: float32, the engine, and four simulated formats (torch fake-quant of
 every linear layer's weights and inputs): int8 with one scale per output channel and per row
-(what fbgemm-style dynamic quantisation does) and int8 in groups of 64 (the engine's format).
+(what fbgemm-style dynamic quantisation does), int8 in groups of 64 (the engine's format), and
+7-bit weights or 7-bit inputs in groups of 64 (what would let the AVX2 kernels skip their
+sign step).
 Then the engine against float32 teacher-forced (share of equal next-token argmaxes) and in
 greedy AR decoding (common prefix with float32 AR on fixed prompts, `--new-tokens` tokens).
 """
@@ -36,22 +38,24 @@ def texts(path: Path | None, n: int) -> list[str]:
     return [path.read_text()[:4000]]
 
 
-def fake_quant(x: torch.Tensor, group: int | None) -> torch.Tensor:
-    """Symmetric int8 round trip over the last dim, one scale per `group` (None: per row)."""
+def fake_quant(x: torch.Tensor, group: int | None, levels: int = 127) -> torch.Tensor:
+    """Symmetric round trip to integers in [-levels, levels] over the last dim (127: int8; 63:
+    7 bits), one scale per `group` (None: per row)."""
     shape = x.shape
     g = x.reshape(*shape[:-1], -1, group or shape[-1])
-    s = g.abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127
-    return ((g / s).round().clamp(-127, 127) * s).reshape(shape)
+    s = g.abs().amax(-1, keepdim=True).clamp_min(1e-30) / levels
+    return ((g / s).round().clamp(-levels, levels) * s).reshape(shape)
 
 
-def simulated(model, group: int | None):
-    """A copy whose linear layers see int8 weights and int8 inputs (fake-quant)."""
+def simulated(model, group: int | None, weight_levels: int = 127, input_levels: int = 127):
+    """A copy whose linear layers see quantised weights and inputs (fake-quant)."""
     m = copy.deepcopy(model)
     for mod in m.modules():
         if isinstance(mod, torch.nn.Linear):
             with torch.no_grad():
-                mod.weight = torch.nn.Parameter(fake_quant(mod.weight.detach(), group))
-            mod.register_forward_pre_hook(lambda _, a: (fake_quant(a[0], group),))
+                mod.weight = torch.nn.Parameter(fake_quant(mod.weight.detach(), group,
+                                                           weight_levels))
+            mod.register_forward_pre_hook(lambda _, a: (fake_quant(a[0], group, input_levels),))
     return m
 
 
@@ -92,7 +96,10 @@ def main(argv=None):
     print(f"{ref.name}: held-out loss over {sum(s.shape[1] - 1 for s in seqs)} tokens")
     rows = [("float32", base), ("int8 engine (groups of 64)", loss(fast.model, seqs)),
             ("simulated int8, per channel / per row", loss(simulated(ref.model, None), seqs)),
-            ("simulated int8, groups of 64", loss(simulated(ref.model, 64), seqs))]
+            ("simulated int8, groups of 64", loss(simulated(ref.model, 64), seqs)),
+            # the formats an AVX2 kernel could multiply without its sign step (docs/engine.md)
+            ("simulated 7-bit weights, groups of 64", loss(simulated(ref.model, 64, 63), seqs)),
+            ("simulated 7-bit inputs, groups of 64", loss(simulated(ref.model, 64, 127, 63), seqs))]
     for name, value in rows:
         print(f"  {name:<40}{value:.4f}  ({100 * (value / base - 1):+.2f}%)")
     same = [(logits(fast.model, s).argmax(-1) == logits(ref.model, s).argmax(-1)).float()
