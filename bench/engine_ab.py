@@ -2,7 +2,7 @@
 
     mkdir /tmp/old && git archive 862c19b nextblock/engine | tar -x -C /tmp/old
     python bench/engine_ab.py /tmp/old/nextblock/engine/int8_engine.c \
-        nextblock/engine/int8_engine.c [--lengths 1,2,4,8] [--rounds 15] [--threads 2]
+        nextblock/engine/int8_engine.c [--lengths 1,2,4,8] [--rounds 15] [--threads 2] [--context 128]
     python bench/engine_ab.py nextblock/engine/int8_engine.c@portable \
         nextblock/engine/int8_engine.c          # one source, two kernel sets (SRC@ISA)
 
@@ -50,6 +50,7 @@ def main(argv=None):
     p.add_argument("--lengths", default="1,2,4,8")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--context", type=int, default=128, help="cached tokens before the pass")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -59,14 +60,14 @@ def main(argv=None):
     libs = {f"{tag} {src}": build(src, tmp / f"{tag}.so") for tag, src in zip("AB", args.sources)}
     fns = {}
     for T in lengths:
-        fwd = forward_cost.forward_fn(lm, T, 128)
+        fwd = forward_cost.forward_fn(lm, T, args.context)
         for name, lib in libs.items():
             def run(fwd=fwd, lib=lib):
                 engine.lib = lib
                 fwd()
             fns[name, T] = run
     best = forward_cost.interleaved(fns, args.rounds, 0.1)
-    print(f"ms per forward (x T=1), {args.threads} threads, context 128, best of "
+    print(f"ms per forward (x T=1), {args.threads} threads, context {args.context}, best of "
           f"{args.rounds} interleaved rounds")
     for name in libs:
         print(name + ": " + "  ".join(f"T={T} {best[name, T] * 1000:.2f} "

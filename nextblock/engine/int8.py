@@ -48,6 +48,7 @@ def as_ptr(t: torch.Tensor | None):
 
 
 GROUP = 64  # inputs per quantisation group (NB_GROUP in int8_engine.c)
+MAX_GQA = 16  # query heads per key/value head (NB_MAXG in int8_engine.c)
 
 
 def quantize_groups(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +72,10 @@ def unsupported_reason(model) -> str | None:
         return f"model type {cfg.model_type!r} is not one of {', '.join(SUPPORTED_FAMILIES)}"
     if getattr(cfg, "hidden_act", "silu") != "silu":
         return f"activation {cfg.hidden_act!r} (the engine implements silu)"
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    if heads % kv or heads // kv > MAX_GQA:
+        return f"{heads} query heads over {kv} key/value heads (at most {MAX_GQA} a group)"
     return None
 
 

@@ -57,9 +57,40 @@ typedef struct {
 #else
 #define NB_ISA 0
 #endif
+#define NB_QCHUNK 4  /* queries of one row per attention work item */
+#define NB_MAXG 16   /* query heads per key/value head the engine supports (GQA) */
+#define NB_QMAX (NB_QCHUNK * NB_MAXG)  /* query vectors per attention work item */
 
 /* Which kernels this build has: 2 AVX-512 VNNI, 1 AVX2 + FMA, 0 portable C. */
 int nb_isa(void) { return NB_ISA; }
+
+/* Phase timing, compiled in only with -DNB_PROFILE (bench/engine_phases.py): thread 0 adds
+ * the wall time since the last mark to a phase's total. A mark follows a loop's implicit
+ * barrier, so it measures the phase across both threads; a `nowait` loop's time lands in
+ * the next marked phase. */
+enum { PH_NORM_QUANT_QKV, PH_QKV, PH_ROPE, PH_ATTN, PH_QUANT_O, PH_O, PH_NORM_QUANT_UP,
+       PH_GATE_UP, PH_SILU_QUANT_DOWN, PH_DOWN, PH_HEAD_NORM_QUANT, PH_HEAD, PH_COUNT };
+#ifdef NB_PROFILE
+static double nb_prof[PH_COUNT], nb_last;
+#define MARK(ph)                                                                  \
+    do {                                                                          \
+        if (omp_get_thread_num() == 0) {                                          \
+            double t_ = omp_get_wtime();                                          \
+            nb_prof[ph] += t_ - nb_last;                                          \
+            nb_last = t_;                                                         \
+        }                                                                         \
+    } while (0)
+#define MARK_START() (nb_last = omp_get_wtime())
+/* The totals in seconds so far (PH_COUNT of them), then zeroed; 0 if not compiled in. */
+int nb_phases(double *out) {
+    for (int i = 0; i < PH_COUNT; i++) out[i] = nb_prof[i], nb_prof[i] = 0.0;
+    return PH_COUNT;
+}
+#else
+#define MARK(ph) ((void)0)
+#define MARK_START() ((void)0)
+int nb_phases(double *out) { (void)out; return 0; }
+#endif
 
 /* ---- row-wise helpers (fixed reduction order) -------------------------------------- */
 
@@ -137,22 +168,25 @@ static void values_scalar(float *s, float mx, const float *vb, const uint8_t *mk
 #include "kernels_portable.h"
 #endif
 
-static float scores_of(const Model *m, const float *q, const float *kb, const uint8_t *mk,
-                       int K, float *s) {
+/* The score passes of n queries (mx[t]: query t's largest visible score, -inf if none). */
+static void scores_of(const Model *m, int n, const float *const *q, const float *kb,
+                      const uint8_t *const *mk, int K, float *const *s, float *mx) {
 #if NB_ISA > 0
-    if (m->hd == 64) return scores64(q, kb, mk, K, m->attn_scale, s);
-    if (m->hd == 128) return scores128(q, kb, mk, K, m->attn_scale, s);
+    if (m->hd == 64) { scores64(n, q, kb, mk, K, m->attn_scale, s, mx); return; }
+    if (m->hd == 128) { scores128(n, q, kb, mk, K, m->attn_scale, s, mx); return; }
 #endif
-    return scores_scalar(q, kb, mk, K, m->hd, m->attn_scale, s);
+    for (int t = 0; t < n; t++)
+        mx[t] = scores_scalar(q[t], kb, mk[t], K, m->hd, m->attn_scale, s[t]);
 }
 
-static void values_of(const Model *m, float *s, float mx, const float *vb, const uint8_t *mk,
-                      int K, float *o) {
+/* The value passes of n queries that each see at least one key (mx > -inf). */
+static void values_of(const Model *m, int n, float *const *s, const float *mx,
+                      const float *vb, const uint8_t *const *mk, int K, float *const *o) {
 #if NB_ISA > 0
-    if (m->hd == 64) { values64(s, mx, vb, mk, K, o); return; }
-    if (m->hd == 128) { values128(s, mx, vb, mk, K, o); return; }
+    if (m->hd == 64) { values64(n, s, mx, vb, mk, K, o); return; }
+    if (m->hd == 128) { values128(n, s, mx, vb, mk, K, o); return; }
 #endif
-    values_scalar(s, mx, vb, mk, K, m->hd, o);
+    for (int t = 0; t < n; t++) values_scalar(s[t], mx[t], vb, mk[t], K, m->hd, o[t]);
 }
 
 /* ---- int8 GEMM, grouped: y[m, n] = sum_g (xq[m, g] . w[n, g]) * ws[n, g] * sx[m, g] +
@@ -178,49 +212,65 @@ static void qgemm(const QLinear *L, const uint8_t *x, const float *sx, int M, fl
 /* x [M, d] -> y [M, L->n] (x and y may alias: every row is quantised before the GEMM
  * writes); q [M, L->k] bytes and sx [M, L->k / 64] are scratch. Inside a parallel region. */
 static void linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
-                   float *y) {
+                   float *y, int ph) {
     int ng = L->k / NB_GROUP;
 #pragma omp for schedule(static)
     for (int m = 0; m < M; m++)
         quant_row(x + (size_t)m * d, q + (size_t)m * L->k, sx + (size_t)m * ng, d, L->k);
+    MARK(ph - 1);  /* ph - 1: the phase that ends with the quantisation */
     qgemm(L, q, sx, M, y, L->n);
+    MARK(ph);
 }
 
 /* The same, called alone (the benchmark's GEMM rows): its own parallel region. */
 void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float *sx,
                float *y) {
 #pragma omp parallel
-    linear(L, x, M, d, q, sx, y);
+    linear(L, x, M, d, q, sx, y, PH_QKV);
 }
 
-#define NB_QCHUNK 4  /* queries of one head per work item: their keys stay in L1 per pass */
-
-/* One work item is (row, head, up to NB_QCHUNK queries): all their scores first (the keys
- * read from L1 after the first query), then all their values. */
+/* One work item is (row, key/value head, up to NB_QCHUNK queries) with all the query heads
+ * that share the key/value head (GQA): its keys and values are read from memory once for
+ * all of them, then from L1. All their scores first, then the value passes of those that
+ * see a key (several at once, sharing the loads of a value vector). With fewer such items
+ * than twice the threads (one-token passes) each query head is an item of its own, so that
+ * the threads share the work evenly. The queries' numbers are the same either way. */
 static void attention(const Model *m, const float *qkv, int B, int T, const uint8_t *mask,
                       int K, const float *kc, const float *vc, int maxlen, float *out,
                       float *scores) {
-    int H = m->n_heads, G = m->n_heads / m->n_kv, hd = m->hd, ld = m->layers[0].qkv.n;
+    int H = m->n_heads, G = H / m->n_kv, hd = m->hd, ld = m->layers[0].qkv.n;
     int Kp = (K + 15) / 16 * 16, chunks = (T + NB_QCHUNK - 1) / NB_QCHUNK;
-    float *s = scores + (size_t)omp_get_thread_num() * NB_QCHUNK * Kp;
-#pragma omp for collapse(3) schedule(static)
+    int parts = B * m->n_kv * chunks >= 2 * omp_get_num_threads() ? 1 : G, hp = G / parts;
+    float *s0 = scores + (size_t)omp_get_thread_num() * NB_QCHUNK * G * Kp;
+#pragma omp for collapse(4) schedule(static)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
-            for (int c = 0; c < chunks; c++) {
-                const float *kb = kc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
-                const float *vb = vc + ((size_t)b * m->n_kv + h / G) * maxlen * hd;
-                int t0 = c * NB_QCHUNK, t1 = t0 + NB_QCHUNK < T ? t0 + NB_QCHUNK : T;
-                float mx[NB_QCHUNK];
-                for (int t = t0; t < t1; t++) {
-                    const float *q = qkv + (size_t)(b * T + t) * ld + m->layers[0].q_off + h * hd;
-                    mx[t - t0] = scores_of(m, q, kb, mask + (size_t)(b * T + t) * K, K,
-                                           s + (size_t)(t - t0) * Kp);
+        for (int kh = 0; kh < m->n_kv; kh++)
+            for (int c = 0; c < chunks; c++)
+                for (int part = 0; part < parts; part++) {
+                    const float *kb = kc + ((size_t)b * m->n_kv + kh) * maxlen * hd;
+                    const float *vb = vc + ((size_t)b * m->n_kv + kh) * maxlen * hd;
+                    int t0 = c * NB_QCHUNK, t1 = t0 + NB_QCHUNK < T ? t0 + NB_QCHUNK : T, n = 0;
+                    int h0 = kh * G + part * hp;
+                    float mx[NB_QMAX], *s[NB_QMAX], *o[NB_QMAX];
+                    const float *q[NB_QMAX];
+                    const uint8_t *mk[NB_QMAX];
+                    for (int t = t0; t < t1; t++)
+                        for (int h = h0; h < h0 + hp; h++, n++) {
+                            size_t r = (size_t)b * T + t;
+                            q[n] = qkv + r * ld + m->layers[0].q_off + h * hd;
+                            s[n] = s0 + (size_t)n * Kp;
+                            o[n] = out + r * H * hd + h * hd;
+                            mk[n] = mask + r * K;
+                        }
+                    scores_of(m, n, q, kb, mk, K, s, mx);
+                    int nv = 0;  /* the queries that see a key; a row that sees none gets zeros */
+                    for (int i = 0; i < n; i++)
+                        if (mx[i] == -INFINITY)
+                            memset(o[i], 0, hd * sizeof(float));
+                        else
+                            mx[nv] = mx[i], s[nv] = s[i], o[nv] = o[i], mk[nv] = mk[i], nv++;
+                    values_of(m, nv, s, mx, vb, mk, K, o);
                 }
-                for (int t = t0; t < t1; t++)
-                    values_of(m, s + (size_t)(t - t0) * Kp, mx[t - t0], vb,
-                              mask + (size_t)(b * T + t) * K, K,
-                              out + (size_t)(b * T + t) * H * hd + h * hd);
-            }
 }
 
 /* nowait: what follows (the next RMSNorm) is a static loop over the same rows, which
@@ -250,7 +300,7 @@ static void layer_forward(const Model *m, int li, float *h, int B, int T, const 
     size_t lay = (size_t)li * layer_stride;  /* the cache may hold spare rows per layer */
 #pragma omp for schedule(static) nowait  /* the next loop takes the same rows */
     for (int r = 0; r < M; r++) rmsnorm(h + (size_t)r * d, L->ln1, s->x + (size_t)r * d, d, m->eps);
-    linear(&L->qkv, s->x, M, d, s->q, s->sx, s->qkv);
+    linear(&L->qkv, s->x, M, d, s->q, s->sx, s->qkv, PH_QKV);
 #pragma omp for schedule(static)
     for (int r = 0; r < M; r++) {
         float *row = s->qkv + (size_t)r * L->qkv.n;
@@ -269,19 +319,21 @@ static void layer_forward(const Model *m, int li, float *h, int B, int T, const 
             memcpy(vc + slot, row + L->v_off + kh * hd, hd * sizeof(float));
         }
     }
+    MARK(PH_ROPE);
     attention(m, s->qkv, B, T, mask, K, kc + lay, vc + lay, maxlen, s->att, s->scores);
-    linear(&L->o, s->att, M, m->n_heads * hd, s->q, s->sx, s->x);
+    MARK(PH_ATTN);
+    linear(&L->o, s->att, M, m->n_heads * hd, s->q, s->sx, s->x, PH_O);
     residual(h, s->x, M, d, L->o.n);
 #pragma omp for schedule(static) nowait  /* the next loop takes the same rows */
     for (int r = 0; r < M; r++) rmsnorm(h + (size_t)r * d, L->ln2, s->x + (size_t)r * d, d, m->eps);
-    linear(&L->gate_up, s->x, M, d, s->q, s->sx, s->mlp);
+    linear(&L->gate_up, s->x, M, d, s->q, s->sx, s->mlp, PH_GATE_UP);
     int gn = L->gate_up.n;
 #pragma omp for schedule(static) nowait  /* the down projection quantises the same rows */
     for (int r = 0; r < M; r++) {  /* silu(gate) * up into x, as [M, ffn] rows */
         float *g = s->mlp + (size_t)r * gn;
         silu_mul(g, g + L->up_off, s->x + (size_t)r * m->ffn, m->ffn);
     }
-    linear(&L->down, s->x, M, m->ffn, s->q, s->sx, s->x);
+    linear(&L->down, s->x, M, m->ffn, s->q, s->sx, s->x, PH_DOWN);
     residual(h, s->x, M, d, L->down.n);
 }
 
@@ -307,9 +359,10 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
     s.att = p; p += (size_t)M * m->n_heads * m->hd;
     s.mlp = p; p += (size_t)M * m->layers[0].gate_up.n;
     s.sx = p; p += (size_t)M * (maxk / 64 + 1);
-    s.scores = p; p += (size_t)threads * NB_QCHUNK * ((K + 15) / 16 * 16);
+    s.scores = p; p += (size_t)threads * NB_QCHUNK * (m->n_heads / m->n_kv) * ((K + 15) / 16 * 16);
     s.q = (uint8_t *)p;
     omp_set_num_threads(threads);
+    MARK_START();
 #pragma omp parallel
     for (int li = 0; li < m->n_layers; li++)
         layer_forward(m, li, h, B, T, cos, sin, mask, K, kc, vc, cache_len, maxlen,
@@ -320,19 +373,21 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
 long nb_scratch_floats(const Model *m, int M, int K, int threads) {
     int maxk = max_k(m);
     return (long)M * (maxk + m->layers[0].qkv.n + m->n_heads * m->hd + m->layers[0].gate_up.n
-                      + maxk / 64 + 1 + maxk / 4 + 1) + (long)threads * NB_QCHUNK * (K + 16) + 64;
+                      + maxk / 64 + 1 + maxk / 4 + 1)
+           + (long)threads * NB_QCHUNK * (m->n_heads / m->n_kv) * (K + 16) + 64;
 }
 
 /* Final norm of M rows into `normed`; then, unless logits is NULL, the LM head. */
 void nb_head(const Model *m, const float *h, int M, float *normed, uint8_t *q, float *sx,
              float *logits, int threads) {
     omp_set_num_threads(threads);
+    MARK_START();
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
         for (int r = 0; r < M; r++)
             rmsnorm(h + (size_t)r * m->d, m->norm, normed + (size_t)r * m->d, m->d, m->eps);
-        if (logits) linear(&m->head, normed, M, m->d, q, sx, logits);
+        if (logits) linear(&m->head, normed, M, m->d, q, sx, logits, PH_HEAD);
     }
 }
 

@@ -171,7 +171,7 @@ static inline __m256 visible8(const uint8_t *mk, int j0, int K, int *bits) {
 
 /* The two passes over 8 keys a step, NV = hd / 8 vectors per key. */
 #define ATTEND(NV, HD)                                                                       \
-    static float scores##HD(const float *q, const float *kb, const uint8_t *mk, int K,       \
+    static float score1_##HD(const float *q, const float *kb, const uint8_t *mk, int K,       \
                             float scale, float *s) {                                         \
         const int hd = 8 * NV;                                                                \
         __m256 mxv = _mm256_set1_ps(-INFINITY);                                              \
@@ -194,7 +194,7 @@ static inline __m256 visible8(const uint8_t *mk, int j0, int K, int *bits) {
         }                                                                                     \
         return hmax8(mxv);                                                                    \
     }                                                                                         \
-    static void values##HD(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
+    static void value1_##HD(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
                            float *o) {                                                        \
         const int hd = 8 * NV;                                                                \
         __m256 ov[NV];                                                                        \
@@ -222,6 +222,16 @@ static inline __m256 visible8(const uint8_t *mk, int j0, int K, int *bits) {
         }                                                                                     \
         __m256 inv = _mm256_set1_ps(1.0f / sum);                                              \
         for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, _mm256_mul_ps(ov[i], inv)); \
+    }                                                                                         \
+    /* n queries' passes, one after the other (16 registers hold one query's sums) */        \
+    static void scores##HD(int n, const float *const *q, const float *kb,                     \
+                           const uint8_t *const *mk, int K, float scale, float *const *s,     \
+                           float *mx) {                                                       \
+        for (int t = 0; t < n; t++) mx[t] = score1_##HD(q[t], kb, mk[t], K, scale, s[t]);    \
+    }                                                                                         \
+    static void values##HD(int n, float *const *s, const float *mx, const float *vb,          \
+                           const uint8_t *const *mk, int K, float *const *o) {                \
+        for (int t = 0; t < n; t++) value1_##HD(s[t], mx[t], vb, mk[t], K, o[t]);            \
     }
 ATTEND(8, 64)
 ATTEND(16, 128)

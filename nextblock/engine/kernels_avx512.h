@@ -160,58 +160,119 @@ static inline __mmask16 key_mask(const uint8_t *mk, int j0, int K) {
     return _mm_mask_cmpneq_epi8_mask(in, m, _mm_setzero_si128());
 }
 
-/* The two passes over 16 keys a step, NV = hd / 16 vectors per key (the query and the
- * output stay in registers). */
-#define ATTEND(NV, HD)                                                                       \
-    static float scores##HD(const float *q, const float *kb, const uint8_t *mk, int K,       \
-                            float scale, float *s) {                                         \
-        const int hd = 16 * NV;                                                               \
-        __m512 qv[NV], acc[16], mxv = _mm512_set1_ps(-INFINITY);                              \
-        for (int i = 0; i < NV; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);                    \
-        for (int j0 = 0; j0 < K; j0 += 16) {                                                  \
-            __mmask16 m = key_mask(mk, j0, K);                                                \
-            if (!m) continue;                                                                 \
-            for (int l = 0; l < 16; l++) {                                                    \
-                acc[l] = _mm512_setzero_ps();                                                 \
-                if (m >> l & 1) {                                                             \
-                    const float *k = kb + (size_t)(j0 + l) * hd;                              \
-                    for (int i = 0; i < NV; i++)                                              \
-                        acc[l] = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), acc[l]); \
-                }                                                                             \
-            }                                                                                 \
-            __m512 sc = _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale));                  \
-            _mm512_storeu_ps(s + j0, sc);                                                     \
-            mxv = _mm512_mask_max_ps(mxv, m, mxv, sc);                                        \
-        }                                                                                     \
-        return _mm512_reduce_max_ps(mxv);                                                     \
-    }                                                                                         \
-    static void values##HD(float *s, float mx, const float *vb, const uint8_t *mk, int K,    \
-                           float *o) {                                                        \
-        const int hd = 16 * NV;                                                               \
-        __m512 ov[NV];                                                                        \
-        float sum = 0.0f;                                                                     \
-        for (int i = 0; i < NV; i++) ov[i] = _mm512_setzero_ps();                            \
-        if (mx == -INFINITY) {                                                                \
-            for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, ov[i]);                \
-            return;                                                                           \
-        }                                                                                     \
-        for (int j0 = 0; j0 < K; j0 += 16) {                                                  \
-            __mmask16 m = key_mask(mk, j0, K);                                                \
-            if (!m) continue;                                                                 \
-            __m512 p = _mm512_maskz_mov_ps(                                                   \
-                m, exp512(_mm512_sub_ps(_mm512_loadu_ps(s + j0), _mm512_set1_ps(mx))));       \
-            _mm512_storeu_ps(s + j0, p);                                                      \
-            for (int l = 0; l < 16; l++)                                                      \
-                if (m >> l & 1) {                                                             \
-                    sum += s[j0 + l];                                                         \
-                    __m512 pl = _mm512_set1_ps(s[j0 + l]);                                    \
-                    const float *v = vb + (size_t)(j0 + l) * hd;                              \
-                    for (int i = 0; i < NV; i++)                                              \
-                        ov[i] = _mm512_fmadd_ps(pl, _mm512_loadu_ps(v + 16 * i), ov[i]);      \
-                }                                                                             \
-        }                                                                                     \
-        __m512 inv = _mm512_set1_ps(1.0f / sum);                                              \
-        for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + 16 * i, _mm512_mul_ps(ov[i], inv)); \
+/* The value passes of nq queries (nq a constant after inlining, at most 4) over NV vectors a
+ * key: o_t = sum_j exp(s_tj - mx_t) v_j / sum_j exp(s_tj - mx_t) over query t's visible keys,
+ * in key order, each query's sums exactly as if it were alone; a value vector is loaded once
+ * for the group. A key's weight comes from the register of its block (a scalar load of a
+ * just-stored vector would stall on store forwarding). */
+static inline __attribute__((always_inline)) void value_group(
+        const int NV, const int nq, float *const *s, const float *mx, const float *vb,
+        const uint8_t *const *mk, int K, float *const *o) {
+    const int hd = 16 * NV;
+    __m512 ov[4][8];
+    float sum[4];
+    for (int t = 0; t < nq; t++) {
+        sum[t] = 0.0f;
+        for (int i = 0; i < NV; i++) ov[t][i] = _mm512_setzero_ps();
     }
-ATTEND(4, 64)
-ATTEND(8, 128)
+    for (int j0 = 0; j0 < K; j0 += 16) {
+        __mmask16 m[4], any = 0;
+        __m512 p[4];  /* the keys' weights, 0 where hidden (adding 0 changes no sum) */
+        for (int t = 0; t < nq; t++) {
+            m[t] = key_mask(mk[t], j0, K);
+            any |= m[t];
+            p[t] = _mm512_maskz_mov_ps(m[t], exp512(_mm512_sub_ps(_mm512_loadu_ps(s[t] + j0),
+                                                                _mm512_set1_ps(mx[t]))));
+        }
+        if (!any) continue;
+#pragma GCC unroll 16
+        for (int l = 0; l < 16; l++) {
+            if (!(any >> l & 1)) continue;
+            const float *vp = vb + (size_t)(j0 + l) * hd;
+            __m512 v[8];
+            __m512i lane = _mm512_set1_epi32(l);
+            for (int i = 0; i < NV; i++) v[i] = _mm512_loadu_ps(vp + 16 * i);
+            for (int t = 0; t < nq; t++) {  /* a key hidden from query t leaves its sums */
+                __mmask16 kt = (__mmask16)(0u - ((m[t] >> l) & 1u));
+                __m512 pl = _mm512_permutexvar_ps(lane, p[t]);
+                sum[t] += _mm512_cvtss_f32(pl);
+                for (int i = 0; i < NV; i++)
+                    ov[t][i] = _mm512_mask3_fmadd_ps(pl, v[i], ov[t][i], kt);
+            }
+        }
+    }
+    for (int t = 0; t < nq; t++) {
+        __m512 inv = _mm512_set1_ps(1.0f / sum[t]);
+        for (int i = 0; i < NV; i++) _mm512_storeu_ps(o[t] + 16 * i, _mm512_mul_ps(ov[t][i], inv));
+    }
+}
+
+/* Key k's 16 partial products with the query (NV vectors), in a fixed order. */
+static inline __m512 key_partials(const __m512 *qv, const float *k, const int NV) {
+    __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+    for (int i = 1; i < NV; i++) a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k + 16 * i), a);
+    return a;
+}
+
+/* The score passes of n queries, key block outer: a block of 16 keys is loaded once, then
+ * read from L1 by every query; each query's scores are computed exactly as if alone.
+ * s[t][j] = q_t . k_j * scale; mx[t]: query t's largest visible score (-inf: it sees none). */
+static inline __attribute__((always_inline)) void score_pass(
+        const int NV, int n, const float *const *q, const float *kb, const uint8_t *const *mk,
+        int K, float scale, float *const *s, float *mx) {
+    const int hd = 16 * NV;
+    __m512 mxv[NB_QMAX], acc[16], qv[8];
+    for (int t = 0; t < n; t++) mxv[t] = _mm512_set1_ps(-INFINITY);
+    for (int j0 = 0; j0 < K; j0 += 16)
+        for (int t = 0; t < n; t++) {
+            __mmask16 m = key_mask(mk[t], j0, K);
+            if (!m) continue;
+            for (int i = 0; i < NV; i++) qv[i] = _mm512_loadu_ps(q[t] + 16 * i);
+            if (j0 + 16 <= K) {  /* every key of the block: a hidden key's lane is never used */
+#pragma GCC unroll 16
+                for (int l = 0; l < 16; l++)
+                    acc[l] = key_partials(qv, kb + (size_t)(j0 + l) * hd, NV);
+            } else {  /* the last block: no key beyond K is read */
+                for (int l = 0; l < 16; l++)
+                    acc[l] = m >> l & 1 ? key_partials(qv, kb + (size_t)(j0 + l) * hd, NV)
+                                        : _mm512_setzero_ps();
+            }
+            __m512 sc = _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale));
+            _mm512_storeu_ps(s[t] + j0, sc);
+            mxv[t] = _mm512_mask_max_ps(mxv[t], m, mxv[t], sc);
+        }
+    for (int t = 0; t < n; t++) mx[t] = _mm512_reduce_max_ps(mxv[t]);
+}
+
+/* The value passes of n queries that each see a key, QG at a time (value_group with a
+ * constant group size, so the group's sums stay in registers). */
+static inline __attribute__((always_inline)) void value_pass(
+        const int NV, const int QG, int n, float *const *s, const float *mx, const float *vb,
+        const uint8_t *const *mk, int K, float *const *o) {
+    for (int q0 = 0; q0 < n; q0 += QG) {
+        int nq = n - q0 < QG ? n - q0 : QG;
+        if (nq == 4) value_group(NV, 4, s + q0, mx + q0, vb, mk + q0, K, o + q0);
+        else if (nq == 3) value_group(NV, 3, s + q0, mx + q0, vb, mk + q0, K, o + q0);
+        else if (nq == 2) value_group(NV, 2, s + q0, mx + q0, vb, mk + q0, K, o + q0);
+        else value_group(NV, 1, s + q0, mx + q0, vb, mk + q0, K, o + q0);
+    }
+}
+
+/* Head sizes 64 and 128 (NV = 4, 8 vectors a key; groups of 4 and 2 queries: 16 registers
+ * of sums). */
+static void scores64(int n, const float *const *q, const float *kb, const uint8_t *const *mk,
+                     int K, float scale, float *const *s, float *mx) {
+    score_pass(4, n, q, kb, mk, K, scale, s, mx);
+}
+static void scores128(int n, const float *const *q, const float *kb, const uint8_t *const *mk,
+                      int K, float scale, float *const *s, float *mx) {
+    score_pass(8, n, q, kb, mk, K, scale, s, mx);
+}
+static void values64(int n, float *const *s, const float *mx, const float *vb,
+                     const uint8_t *const *mk, int K, float *const *o) {
+    value_pass(4, 4, n, s, mx, vb, mk, K, o);
+}
+static void values128(int n, float *const *s, const float *mx, const float *vb,
+                      const uint8_t *const *mk, int K, float *const *o) {
+    value_pass(8, 2, n, s, mx, vb, mk, K, o);
+}
