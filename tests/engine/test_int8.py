@@ -13,10 +13,13 @@ from nextblock.modeling import forward
 from tests.helpers import MASK, random_prompts, save_tiny, tiny_model
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
-# head sizes 8 (the scalar attention), 64 and 128 (the AVX-512 kernels, 16 keys a step)
+# head sizes 8 (the scalar attention), 64 and 128 (the AVX-512 kernels, 16 keys a step);
+# 2 or 3 query heads per key/value head (attention work items hold a GQA group's queries:
+# value passes in groups of 1 to 4 queries)
 SHAPES = [(f, {}) for f in FAMILIES] + [
     ("llama", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)),
-    ("qwen3", dict(head_dim=128))]
+    ("qwen3", dict(head_dim=128)),
+    ("llama", dict(hidden_size=192, num_attention_heads=3, num_key_value_heads=1))]
 
 
 def _isas():
@@ -174,6 +177,16 @@ def test_load_attaches_the_engine_by_default(tmp_path):
         nextblock.load(path, dtype="int4")
     with pytest.raises(nextblock.ConfigError, match="float32"):
         nextblock.load(path, quantize="int8", dtype="bfloat16")
+
+
+def test_the_engine_refuses_what_it_cannot_run():
+    from nextblock.engine.int8 import MAX_GQA, unsupported_reason
+
+    assert unsupported_reason(tiny_model("llama")) is None
+    wide = tiny_model("llama", hidden_size=2 * (MAX_GQA + 1), num_attention_heads=MAX_GQA + 1,
+                      num_key_value_heads=1)
+    assert "key/value heads" in unsupported_reason(wide)
+    assert "silu" in unsupported_reason(tiny_model("llama", hidden_act="gelu"))
 
 
 @pytest.mark.parametrize("family,shape", SHAPES[3:])
