@@ -232,15 +232,18 @@ void nb_linear(const QLinear *L, const float *x, int M, int d, uint8_t *q, float
 /* One work item is (row, key/value head, up to NB_QCHUNK queries) with all the query heads
  * that share the key/value head (GQA): its keys and values are read from memory once for
  * all of them, then from L1. All their scores first, then the value passes of those that
- * see a key (several at once, sharing the loads of a value vector). With fewer such items
- * than twice the threads (one-token passes) each query head is an item of its own, so that
- * the threads share the work evenly. The queries' numbers are the same either way. */
+ * see a key (several at once, sharing the loads of a value vector). So that the threads
+ * share the work evenly, the queries per item are halved until there are twice as many
+ * items as threads, and below one query each query head is an item of its own (one-token
+ * passes). A query's numbers are the same however the items are cut. */
 static void attention(const Model *m, const float *qkv, int B, int T, const uint8_t *mask,
                       int K, const float *kc, const float *vc, int maxlen, float *out,
                       float *scores) {
     int H = m->n_heads, G = H / m->n_kv, hd = m->hd, ld = m->layers[0].qkv.n;
-    int Kp = (K + 15) / 16 * 16, chunks = (T + NB_QCHUNK - 1) / NB_QCHUNK;
-    int parts = B * m->n_kv * chunks >= 2 * omp_get_num_threads() ? 1 : G, hp = G / parts;
+    int Kp = (K + 15) / 16 * 16, want = 2 * omp_get_num_threads(), qc = NB_QCHUNK;
+    while (qc > 1 && B * m->n_kv * ((T + qc - 1) / qc) < want) qc /= 2;  /* enough items */
+    int chunks = (T + qc - 1) / qc;
+    int parts = B * m->n_kv * chunks >= want ? 1 : G, hp = G / parts;
     float *s0 = scores + (size_t)omp_get_thread_num() * NB_QCHUNK * G * Kp;
 #pragma omp for collapse(4) schedule(static)
     for (int b = 0; b < B; b++)
@@ -249,7 +252,7 @@ static void attention(const Model *m, const float *qkv, int B, int T, const uint
                 for (int part = 0; part < parts; part++) {
                     const float *kb = kc + ((size_t)b * m->n_kv + kh) * maxlen * hd;
                     const float *vb = vc + ((size_t)b * m->n_kv + kh) * maxlen * hd;
-                    int t0 = c * NB_QCHUNK, t1 = t0 + NB_QCHUNK < T ? t0 + NB_QCHUNK : T, n = 0;
+                    int t0 = c * qc, t1 = t0 + qc < T ? t0 + qc : T, n = 0;
                     int h0 = kh * G + part * hp;
                     float mx[NB_QMAX], *s[NB_QMAX], *o[NB_QMAX];
                     const float *q[NB_QMAX];
