@@ -2,13 +2,16 @@
 
     python bench/profile_decode.py [--model default] [--dtype float32] [--max-new-tokens 32]
     python bench/profile_decode.py --compile    # the forward under torch.compile (slow start)
+    python bench/profile_decode.py --dtype auto --loop   # the engine, and the loop's parts
 
 For AR, block and verified decoding of one prompt, prints milliseconds per forward split into
 linear layers (the weight-streaming matrix products), attention, every other ATen op, and
 what is left of the wall time (Python, dispatch, the decode loop itself). The int8 engine
 (`--dtype auto`, the CPU default) runs a whole forward in one C call the profiler cannot
 split: for it the script times the engine's forward against the rest of the wall time
-(the loop, masks, sampling), and bench/forward_cost.py times its matrix products alone.
+(the loop, masks, sampling), and bench/forward_cost.py times its matrix products alone;
+with `--loop`, the rest is split further by the decode loop's functions (each timed around
+its call: a function's time includes the calls it makes).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "auto", "int8"])
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--prompt", default="Explain in a few sentences why the sky is blue.")
+    p.add_argument("--loop", action="store_true",
+                   help="with the engine: the loop's time by function (masks, choices, ...)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile(dynamic=True) the model forward the loop calls")
     args = p.parse_args(argv)
@@ -74,34 +79,64 @@ def main(argv=None):
               f"{(wall - linear - attn - other) / f:>8.1f}{wall / f:>8.1f}")
 
 
+# The decode loop's functions around the engine's forward, timed by --loop.
+LOOP_PARTS = [("batch", "Batch", ("start_block", "still_needed", "emit", "drop")),
+              ("rows", "Rows", ("mask", "reject")),
+              ("policies", "BlockPolicy", ("candidates",)),
+              ("sampling", "Sampler", ("pick", "argmax", "probs")),
+              ("strategies", None, ("verify_draft", "filled_of"))]
+
+
+def timed_calls(owners: list[tuple[object, str]], spent: dict, calls: dict) -> None:
+    """Replace each owner.name by a wrapper adding its wall time to spent[name]."""
+    for owner, name in owners:
+        inner, label = getattr(owner, name), f"{getattr(owner, '__name__', owner)}.{name}"
+        spent[label], calls[label] = 0.0, 0
+
+        def wrapper(*a, _inner=inner, _label=label, **k):
+            t0 = time.perf_counter()
+            try:
+                return _inner(*a, **k)
+            finally:
+                spent[_label] += time.perf_counter() - t0
+                calls[_label] += 1
+        setattr(owner, name, wrapper)
+
+
 def engine_split(lm, args) -> None:
     """The int8 engine: each mode's wall time per forward, split into the engine's forward
     (one C call for the layers, one for the head, timed around the Python method) and the
-    rest (the decode loop, masks, sampling); the best of three runs."""
+    rest (the decode loop, masks, sampling); the best of three runs. With --loop, the best
+    run's loop functions in ms per forward (and microseconds per call)."""
+    import importlib
+
     eng = lm.model.nextblock_engine
-    inner, spent = eng.forward, [0.0]
-
-    def timed(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return inner(*a, **k)
-        finally:
-            spent[0] += time.perf_counter() - t0
-
-    eng.forward = timed
+    spent, calls = {}, {}
+    timed_calls([(eng, "forward")], spent, calls)
+    if args.loop:
+        for mod, cls, names in LOOP_PARTS:
+            m = importlib.import_module(f"nextblock.decoding.{mod}")
+            timed_calls([(getattr(m, cls) if cls else m, n) for n in names], spent, calls)
+    key = next(iter(spent))
     print(f"{'mode':<22}{'fwd':>5}{'tok/fwd':>9}{'engine':>9}{'rest':>8}{'total':>8}")
     for name, kw in MODES.items():
         lm.generate(args.prompt, max_new_tokens=8, **kw)  # warm-up
         best = None
         for _ in range(3):
-            spent[0], t0 = 0.0, time.perf_counter()
+            for k in spent:
+                spent[k], calls[k] = 0.0, 0
+            t0 = time.perf_counter()
             gen = lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, **kw)
-            run = (time.perf_counter() - t0, spent[0])
+            run = (time.perf_counter() - t0, dict(spent), dict(calls))
             best = run if best is None or run[0] < best[0] else best
         f = gen.forwards
-        wall, engine = best[0] * 1000 / f, best[1] * 1000 / f
+        wall, engine = best[0] * 1000 / f, best[1][key] * 1000 / f
         print(f"{name:<22}{f:>5}{gen.tokens_per_forward:>9.2f}{engine:>9.2f}"
               f"{wall - engine:>8.2f}{wall:>8.2f}")
+        for label, sec in sorted(best[1].items(), key=lambda kv: -kv[1]):
+            if label != key and best[2][label]:
+                print(f"    {label:<34}{sec * 1000 / f:>7.3f} ms/fwd "
+                      f"{sec * 1e6 / best[2][label]:>7.0f} us/call")
 
 
 if __name__ == "__main__":
