@@ -51,6 +51,9 @@ def denoise(batch: Batch, block, ragged, done: list[int], greedy_draft: bool
     policy, guess = policy_for(batch.s), None
     dmask = batch.rows.mask(block.shape[1], causal=False, lengths=ragged)
     sizes = None if ragged is None else [max(0, n - 1) for n in ragged.tolist()]
+    # a greedy draft that fills every mask of one sub-block spanning the block: one step,
+    # after which nothing is left to check (the draft never picks the mask token)
+    whole = greedy_draft and policy.fills_all(True) and policy.sub_block >= block.shape[1]
     while True:
         need = batch.still_needed(block, ragged)
         rows_left = need.any(dim=1)
@@ -62,7 +65,7 @@ def denoise(batch: Batch, block, ragged, done: list[int], greedy_draft: bool
             choice = batch.sampler.pick(logits, batch.rows.history(block) if batch.history
                                         else None)  # position j predicts token j + 1
             tokens = torch.cat([block[:, :1], choice[:, :-1]], dim=1)
-            transfer, guess = policy.candidates(need), choice[:, -1]
+            transfer, guess = need if whole else policy.candidates(need), choice[:, -1]
         else:
             tokens, transfer, guess = fill_step(batch, policy, logits, block, need, rows_left,
                                             sizes, greedy_draft)
@@ -70,6 +73,8 @@ def denoise(batch: Batch, block, ragged, done: list[int], greedy_draft: bool
         yield Step("denoise", batch.block_index, done[0], block.shape[1],
                    filled_of(batch.alive, transfer, tokens, done), fused=ahead is not None,
                    rows=tuple(batch.alive))
+        if whole:
+            return guess
 
 
 def fill_step(batch: Batch, policy, logits, block, need, rows_left, sizes, greedy_draft):

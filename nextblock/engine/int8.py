@@ -160,10 +160,13 @@ class Int8Engine:
         """`logits.argmax(-1)` with column `exclude` never chosen (the same index: the first
         largest; finite logits), in C: greedy decoding's choice without torch's slower
         argmax over the vocabulary (nb_argmax)."""
-        x = logits.float().contiguous()
+        x = logits if logits.dtype == torch.float32 else logits.float()
+        rows = x.reshape(-1, x.shape[-1])  # a view when the rows are evenly strided (the
+        if rows.stride(-1) != 1:           # engine's logits: a slice of padded rows): no copy
+            rows = rows.contiguous()
         out = torch.empty(x.shape[:-1], dtype=torch.long)
-        self.lib.nb_argmax(as_ptr(x), c_int(x.numel() // x.shape[-1]), c_int(x.shape[-1]),
-                           c_int(exclude), as_ptr(out))
+        self.lib.nb_argmax(as_ptr(rows), c_int(rows.shape[0]), c_int(rows.shape[1]),
+                           c_long(rows.stride(0)), c_int(exclude), as_ptr(out))
         return out
 
     @torch.no_grad()

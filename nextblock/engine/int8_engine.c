@@ -405,10 +405,10 @@ static float row_max(const float *row, int a, int b) {
     return best;
 }
 
-void nb_argmax(const float *x, int M, int N, int exclude, long *out) {
+void nb_argmax(const float *x, int M, int N, long ld, int exclude, long *out) {
     int ex = exclude < 0 || exclude >= N ? N : exclude;
-    for (int r = 0; r < M; r++) {
-        const float *row = x + (size_t)r * N;
+    for (int r = 0; r < M; r++) {  /* row r at x + r * ld (ld >= N: a slice of wider rows) */
+        const float *row = x + (size_t)r * ld;
         float best = fmaxf(row_max(row, 0, ex), ex + 1 < N ? row_max(row, ex + 1, N) : -INFINITY);
         long idx = 0;
         for (int j0 = 0; j0 < N; j0 += 64) {  /* 64 columns at a time, then the first hit */

@@ -228,4 +228,9 @@ def test_the_c_argmax_is_torchs_with_the_mask_left_out():
     want = x.index_fill(-1, torch.tensor([13]), -torch.inf).argmax(-1)
     assert torch.equal(eng.argmax(x, 13), want)
     assert torch.equal(eng.argmax(x[:, 1:4]), x[:, 1:4].argmax(-1))  # a strided view
+    wide = x[..., :997]  # rows of a wider buffer (the head's padded logits), read in place
+    assert torch.equal(eng.argmax(wide, 13), wide.index_fill(-1, torch.tensor([13]),
+                                                             -torch.inf).argmax(-1))
+    assert torch.equal(eng.argmax(x[:, :, ::2]), x[:, :, ::2].argmax(-1))  # not unit stride
+    assert torch.equal(eng.argmax(x[:1, :1].expand(2, 3, -1)), torch.full((2, 3), 7))
     assert eng.argmax(x, 13)[0, 0] == 7
