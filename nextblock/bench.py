@@ -10,10 +10,11 @@ Counting rules (what makes the numbers comparable):
   tokens never do, and prefill time is part of the measured time of every row alike;
 - prompts run one at a time (batch 1), in the same order, with the same stop tokens;
 - each row starts with an untimed warm-up generation; then the whole prompt set runs
-  `repeats` times, the rows interleaved (every row once per repeat), and tokens/s is the
-  tokens of the set over the median of its seconds. Interleaving puts every row under the
-  same conditions on a machine whose speed drifts (steal time on a virtual machine, turbo);
-  the passes are deterministic, so every repeat generates the same tokens;
+  `repeats` times, the rows interleaved prompt by prompt (each prompt under every row in
+  turn, the order rotated), and tokens/s is the tokens of the set over the median of its
+  seconds. Interleaving this finely puts every row under the same conditions on a machine
+  whose speed drifts within minutes (steal time on a virtual machine, turbo); the passes
+  are deterministic, so every repeat generates the same tokens;
 - agreement compares greedy outputs with nextblock AR's: exact match (whole completion)
   and token match (same token at the same position, over AR's tokens);
 - peak memory is the process's peak resident set (CPU; reset per row on Linux) or the peak
@@ -178,22 +179,33 @@ def _runner(lm, row: Row, max_new_tokens: int):
     return nb
 
 
-def measure_pass(row: Row, fn, prompt_ids: list[list[int]]) -> None:
-    """One timed pass of `row` over the prompt set (its runner `fn`), appended to it."""
-    reset_peak()
-    outputs, forwards, fused = [], 0, 0
+def measure_repeat(rows: list[Row], runners: list, prompt_ids: list[list[int]],
+                   rep: int = 0) -> None:
+    """One timed repeat of every row over the prompt set, interleaved prompt by prompt:
+    each prompt runs under every row in turn (the order rotated from prompt to prompt),
+    so a drift of the machine's speed within the repeat reaches every row alike. Each
+    row's seconds (the sum of its runs), tokens and forwards are appended to it."""
+    n = len(rows)
+    spent, outputs = [0.0] * n, [[] for _ in rows]
+    forwards, fused, peak = [0] * n, [0] * n, [0.0] * n
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        for ids in prompt_ids:
-            toks, f, saved = fn(ids)
-            outputs.append(toks)
-            forwards, fused = forwards + f, fused + saved
-        dt = time.perf_counter() - t0
-    row.seconds.append(round(dt, 3))
-    row.tokens, row.forwards, row.fused_saved, row.outputs = (
-        sum(len(t) for t in outputs), forwards, fused, outputs)
-    row.tokens_per_s = row.tokens / statistics.median(row.seconds)
-    row.peak_mem_mb = max(row.peak_mem_mb, round(peak_mb(), 1))
+        for p, ids in enumerate(prompt_ids):
+            for k in range(n):
+                i = (k + p + rep) % n
+                reset_peak()
+                t0 = time.perf_counter()
+                toks, f, saved = runners[i](ids)
+                spent[i] += time.perf_counter() - t0
+                peak[i] = max(peak[i], peak_mb())
+                outputs[i].append(toks)
+                forwards[i], fused[i] = forwards[i] + f, fused[i] + saved
+    for i, row in enumerate(rows):
+        row.seconds.append(round(spent[i], 6))
+        row.tokens, row.forwards, row.fused_saved, row.outputs = (
+            sum(len(t) for t in outputs[i]), forwards[i], fused[i], outputs[i])
+        row.tokens_per_s = row.tokens / max(1e-9, statistics.median(row.seconds))
+        row.peak_mem_mb = max(row.peak_mem_mb, round(peak[i], 1))
+
 
 def compare(rows: list[Row]) -> None:
     """Fill the speed-up and agreement columns from the AR and transformers rows."""
@@ -271,9 +283,9 @@ def bench(lm, prompts: list[str], rows: list[Row], max_new_tokens: int = 128,
         for fn in runners:
             fn(ids[0])  # warm-up, not timed
     for rep in range(repeats):
-        for r, fn in zip(rows, runners):
-            measure_pass(r, fn, ids)
-            if progress is not None and rep == repeats - 1:
-                progress(r)
+        measure_repeat(rows, runners, ids, rep)
+    if progress is not None:
+        for r in rows:
+            progress(r)
     compare(rows)
     return rows

@@ -16,6 +16,22 @@ def tiny(tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("bench") / "tiny")
 
 
+def test_rows_are_interleaved_prompt_by_prompt():
+    """Every prompt runs under every row before the next prompt starts (the order rotated),
+    so a drifting machine speed reaches all rows alike; each row keeps its own outputs."""
+    calls = []
+
+    def runner(i):
+        return lambda ids: (calls.append((i, ids[0])), [ids[0], i], 1, 0)[1:]
+    rows = [B.Row("ar", {}), B.Row("block", {}), B.Row("verified", {})]
+    B.measure_repeat(rows, [runner(i) for i in range(3)], [[10], [11], [12], [13]])
+    assert [c[1] for c in calls] == [10] * 3 + [11] * 3 + [12] * 3 + [13] * 3
+    assert [c[0] for c in calls[:6]] == [0, 1, 2, 1, 2, 0]  # rotated from prompt to prompt
+    for i, r in enumerate(rows):
+        assert r.outputs == [[p, i] for p in (10, 11, 12, 13)]
+        assert r.tokens == 8 and r.forwards == 4 and len(r.seconds) == 1
+
+
 def test_bench_counts_generated_tokens_only(tiny):
     lm = nextblock.load(tiny)
     long_prompt = " ".join(f"w{i % 80}" for i in range(150))  # 150 prompt tokens
