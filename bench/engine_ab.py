@@ -2,7 +2,8 @@
 
     mkdir /tmp/old && git archive 862c19b nextblock/engine | tar -x -C /tmp/old
     python bench/engine_ab.py /tmp/old/nextblock/engine/int8_engine.c \
-        nextblock/engine/int8_engine.c [--lengths 1,2,4,8] [--rounds 15] [--threads 2] [--context 128]
+        nextblock/engine/int8_engine.c [--lengths 1,2,4,8] [--rounds 15] [--threads 2]
+        [--context 128]
     python bench/engine_ab.py nextblock/engine/int8_engine.c@portable \
         nextblock/engine/int8_engine.c          # one source, two kernel sets (SRC@ISA)
 

@@ -141,13 +141,12 @@ static float scores_scalar(const float *q, const float *kb, const uint8_t *mk, i
     return mx;
 }
 
-/* The value pass: o = sum_j exp(s_j - mx) v_j / sum_j exp(s_j - mx), over the visible keys
- * in order (s is overwritten with the weights). */
+/* The value pass of a query that sees a key (mx > -inf; attention() zeroes the others):
+ * o = sum_j exp(s_j - mx) v_j / sum_j exp(s_j - mx), over the visible keys in order. */
 static void values_scalar(float *s, float mx, const float *vb, const uint8_t *mk, int K,
                           int hd, float *o) {
     float sum = 0.0f;
     for (int i = 0; i < hd; i++) o[i] = 0.0f;
-    if (mx == -INFINITY) return;  /* a row that sees nothing (padding) */
     for (int j = 0; j < K; j++)
         if (mk[j]) {
             float p = expf(s[j] - mx);
@@ -340,6 +339,12 @@ static void layer_forward(const Model *m, int li, float *h, int B, int T, const 
     residual(h, s->x, M, d, L->down.n);
 }
 
+/* Floats of attention score scratch: per thread, a row of K (padded to 16) per query of a
+ * work item (NB_QCHUNK queries of a GQA group). */
+static size_t score_floats(const Model *m, int K, int threads) {
+    return (size_t)threads * NB_QCHUNK * (m->n_heads / m->n_kv) * ((K + 15) / 16 * 16);
+}
+
 /* The widest layer input, padded to a group: the width of the row scratch buffers. */
 static int max_k(const Model *m) {
     int k = m->ffn > m->d ? m->ffn : m->d;
@@ -362,7 +367,7 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
     s.att = p; p += (size_t)M * m->n_heads * m->hd;
     s.mlp = p; p += (size_t)M * m->layers[0].gate_up.n;
     s.sx = p; p += (size_t)M * (maxk / 64 + 1);
-    s.scores = p; p += (size_t)threads * NB_QCHUNK * (m->n_heads / m->n_kv) * ((K + 15) / 16 * 16);
+    s.scores = p; p += score_floats(m, K, threads);
     s.q = (uint8_t *)p;
     omp_set_num_threads(threads);
     MARK_START();
@@ -376,8 +381,7 @@ void nb_layers(const Model *m, float *h, int B, int T, const float *cos, const f
 long nb_scratch_floats(const Model *m, int M, int K, int threads) {
     int maxk = max_k(m);
     return (long)M * (maxk + m->layers[0].qkv.n + m->n_heads * m->hd + m->layers[0].gate_up.n
-                      + maxk / 64 + 1 + maxk / 4 + 1)
-           + (long)threads * NB_QCHUNK * (m->n_heads / m->n_kv) * (K + 16) + 64;
+                      + maxk / 64 + 1 + maxk / 4 + 1) + (long)score_floats(m, K, threads) + 64;
 }
 
 /* Final norm of M rows into `normed`; then, unless logits is NULL, the LM head. */

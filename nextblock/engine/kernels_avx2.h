@@ -200,10 +200,6 @@ static inline __m256 visible8(const uint8_t *mk, int j0, int K, int *bits) {
         __m256 ov[NV];                                                                        \
         float sum = 0.0f;                                                                     \
         for (int i = 0; i < NV; i++) ov[i] = _mm256_setzero_ps();                            \
-        if (mx == -INFINITY) {                                                                \
-            for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + 8 * i, ov[i]);                 \
-            return;                                                                           \
-        }                                                                                     \
         for (int j0 = 0; j0 < K; j0 += 8) {                                                   \
             int bits;                                                                         \
             __m256 vis = visible8(mk, j0, K, &bits);                                          \
